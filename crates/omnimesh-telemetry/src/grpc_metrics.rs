@@ -86,13 +86,20 @@ impl GrpcMetrics {
 /// Wraps a gRPC server so that [`GrpcMetrics`] sees every call.
 #[derive(Debug, Clone)]
 pub struct GrpcMetricsLayer {
-    metrics: Arc<GrpcMetrics>,
+    metrics: Option<Arc<GrpcMetrics>>,
 }
 
 impl GrpcMetricsLayer {
     /// A layer recording into `metrics`.
     pub fn new(metrics: Arc<GrpcMetrics>) -> Self {
-        Self { metrics }
+        Self {
+            metrics: Some(metrics),
+        }
+    }
+
+    /// A layer that records nothing, for listeners whose metrics are kept elsewhere.
+    pub fn disabled() -> Self {
+        Self { metrics: None }
     }
 }
 
@@ -102,7 +109,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetricsService {
             inner,
-            metrics: Arc::clone(&self.metrics),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -111,7 +118,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct GrpcMetricsService<S> {
     inner: S,
-    metrics: Arc<GrpcMetrics>,
+    metrics: Option<Arc<GrpcMetrics>>,
 }
 
 /// What a call needs to be recorded once its status is known.
@@ -145,11 +152,14 @@ where
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-        let pending = is_grpc.then(|| Pending {
-            metrics: Arc::clone(&self.metrics),
-            method: self.metrics.method_label(request.uri().path()),
-            started: Instant::now(),
-        });
+        let pending = match &self.metrics {
+            Some(metrics) if is_grpc => Some(Pending {
+                metrics: Arc::clone(metrics),
+                method: metrics.method_label(request.uri().path()),
+                started: Instant::now(),
+            }),
+            _ => None,
+        };
         ResponseFuture {
             inner: self.inner.call(request),
             pending,

@@ -1,0 +1,24 @@
+//! Process plumbing shared by the four OmniMesh services, and nothing domain-specific.
+//!
+//! - [`config`]: one `omnimesh.toml` with a section per service, merged with defaults
+//!   and `OMNIMESH_<SERVICE>__…` environment variables; errors name key, origin and reason.
+//! - [`server`]: the gRPC server every service runs — health, reflection, `/healthz`,
+//!   `/readyz`, `/metrics` and a graceful drain — around the service's own tonic services.
+//! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM.
+//! - [`ports`]: the local default addresses that SPEC fixes.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod ports;
+pub mod server;
+mod shutdown;
+
+pub use shutdown::shutdown_signal;
+
+/// The four services, by the names used in config sections, metrics and logs.
+pub const SERVICES: [&str; 4] = [
+    "core-engine",
+    "proxy-gateway",
+    "mesh-controller",
+    "omniterm-interface",
+];

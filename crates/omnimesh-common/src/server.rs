@@ -1,0 +1,376 @@
+//! The gRPC server every service runs around its own tonic services.
+//!
+//! One listener serves gRPC (HTTP/2, h2c prior knowledge) and plain HTTP/1.1 for
+//! `/healthz`, `/readyz` and `/metrics`, so `curl` and Prometheus need no extra port.
+//! Every served service is also registered with `grpc.health.v1.Health` and, when
+//! enabled, with server reflection (v1 and v1alpha) so stock clients work without our
+//! protos. On shutdown the server reports `NOT_SERVING`, fails `/readyz`, stops
+//! accepting, and drains in-flight calls for at most [`ServerConfig::drain_timeout`].
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::{self as http, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use omnimesh_telemetry::{GrpcMetrics, GrpcMetricsLayer, Metrics};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+/// Settings of a service's gRPC server; the `server` section of its config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How long in-flight calls may take to finish after shutdown starts; then the
+    /// remaining connections are closed.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Interval of HTTP/2 keep-alive pings to idle clients (none when absent).
+    #[serde(default, with = "humantime_serde")]
+    pub http2_keepalive_interval: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+            http2_keepalive_interval: None,
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Errors of [`GrpcServer`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A descriptor set handed to reflection does not decode.
+    #[error("building the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener's address cannot be read.
+    #[error("reading the listener address")]
+    LocalAddr(#[source] std::io::Error),
+    /// The server failed while serving.
+    #[error("serving gRPC")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Whether a service is ready for traffic; `/readyz` answers 200 only while it is.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the service ready or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    /// Whether the service is ready.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Assembles a [`GrpcServer`].
+#[must_use]
+pub struct GrpcServerBuilder {
+    service: &'static str,
+    config: ServerConfig,
+    routes: RoutesBuilder,
+    service_names: Vec<&'static str>,
+    descriptor_sets: Vec<&'static [u8]>,
+    reflection: bool,
+    metrics: Option<Metrics>,
+}
+
+impl GrpcServerBuilder {
+    /// Serves `svc` on this server and reports it in health (and reflection).
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tonic::codegen::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(svc);
+        self
+    }
+
+    /// Registers an encoded `FileDescriptorSet` describing the added services, for
+    /// reflection and for bounded metric labels.
+    pub fn descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// Serves gRPC server reflection (v1 and v1alpha) for the added services.
+    pub fn reflection(mut self, enabled: bool) -> Self {
+        self.reflection = enabled;
+        self
+    }
+
+    /// Serves `/healthz`, `/readyz` and `/metrics` over HTTP on the same port, and counts
+    /// every gRPC call in `metrics`.
+    pub fn admin_http(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Builds the server.
+    ///
+    /// # Errors
+    /// When a registered descriptor set does not decode.
+    pub fn build(mut self) -> Result<GrpcServer, Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut names = self.service_names.clone();
+        names.push(HEALTH_SERVICE);
+        self.routes.add_service(health_service);
+        if self.reflection {
+            names.extend([REFLECTION_V1, REFLECTION_V1ALPHA]);
+            let reflection = || {
+                let mut builder = tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+                for set in &self.descriptor_sets {
+                    builder = builder.register_encoded_file_descriptor_set(set);
+                }
+                for name in &names {
+                    builder = builder.with_service_name(*name);
+                }
+                builder
+            };
+            let (v1, v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+            self.routes.add_service(v1);
+            self.routes.add_service(v1alpha);
+        }
+        let readiness = Readiness::default();
+        let (routes, metrics_layer) = match self.metrics {
+            Some(mut metrics) => {
+                let mut sets = self.descriptor_sets.clone();
+                sets.extend([
+                    tonic_health::pb::FILE_DESCRIPTOR_SET,
+                    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                ]);
+                let grpc_metrics =
+                    GrpcMetrics::register(&mut metrics, method_paths(&sets, &names));
+                let router = admin_router(
+                    self.routes.routes().into_axum_router(),
+                    Arc::new(metrics),
+                    readiness.clone(),
+                );
+                (Routes::from(router), GrpcMetricsLayer::new(grpc_metrics))
+            }
+            None => (self.routes.routes(), GrpcMetricsLayer::disabled()),
+        };
+        Ok(GrpcServer {
+            service: self.service,
+            config: self.config,
+            routes,
+            metrics_layer,
+            names,
+            health,
+            readiness,
+        })
+    }
+}
+
+/// A service's gRPC (and admin HTTP) server, ready to serve on a listener.
+pub struct GrpcServer {
+    service: &'static str,
+    config: ServerConfig,
+    routes: Routes,
+    metrics_layer: GrpcMetricsLayer,
+    names: Vec<&'static str>,
+    health: HealthReporter,
+    readiness: Readiness,
+}
+
+impl GrpcServer {
+    /// Starts assembling the server of `service` (for logs) with `config`.
+    pub fn builder(service: &'static str, config: &ServerConfig) -> GrpcServerBuilder {
+        GrpcServerBuilder {
+            service,
+            config: config.clone(),
+            routes: RoutesBuilder::default(),
+            service_names: Vec::new(),
+            descriptor_sets: Vec::new(),
+            reflection: false,
+            metrics: None,
+        }
+    }
+
+    /// The health reporter, for services that change their status while running.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// The readiness flag behind `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains: health turns
+    /// `NOT_SERVING`, `/readyz` fails, the listener closes, and in-flight calls get
+    /// [`ServerConfig::drain_timeout`] to finish.
+    ///
+    /// # Errors
+    /// When the server fails while serving.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        let address = listener.local_addr().map_err(Error::LocalAddr)?;
+        for name in &self.names {
+            self.health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        self.health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        self.readiness.set(true);
+        tracing::info!(service = self.service, %address, "serving");
+
+        let draining = Arc::new(tokio::sync::Notify::new());
+        let signal = {
+            let draining = Arc::clone(&draining);
+            let health = self.health.clone();
+            let readiness = self.readiness.clone();
+            let names = self.names.clone();
+            async move {
+                shutdown.await;
+                readiness.set(false);
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                for name in names {
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
+                // `notify_one` keeps a permit, so the waiter below cannot miss it.
+                draining.notify_one();
+            }
+        };
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .http2_keepalive_interval(self.config.http2_keepalive_interval)
+            .layer(self.metrics_layer)
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result.map_err(Error::from),
+            () = draining.notified() => {}
+        }
+        tracing::info!(service = self.service, timeout = ?self.config.drain_timeout, "draining");
+        match tokio::time::timeout(self.config.drain_timeout, &mut server).await {
+            Ok(result) => result?,
+            Err(_elapsed) => tracing::warn!(
+                service = self.service,
+                "drain timeout reached; closing the remaining connections"
+            ),
+        }
+        tracing::info!(service = self.service, "stopped");
+        Ok(())
+    }
+}
+
+/// Adds the HTTP endpoints to the gRPC routes.
+fn admin_router(grpc: axum::Router, metrics: Arc<Metrics>, readiness: Readiness) -> axum::Router {
+    grpc.route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.encode();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
+
+/// `/package.Service/Method` for every method of the named services in `sets`.
+fn method_paths(sets: &[&[u8]], names: &[&str]) -> HashSet<String> {
+    let mut paths = HashSet::new();
+    for set in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package();
+            for service in &file.service {
+                let full = format!("{package}.{}", service.name());
+                if names.contains(&full.as_str()) {
+                    paths.extend(
+                        service
+                            .method
+                            .iter()
+                            .map(|method| format!("/{full}/{}", method.name())),
+                    );
+                }
+            }
+        }
+    }
+    paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_paths_cover_only_named_services() {
+        let paths = method_paths(
+            &[tonic_health::pb::FILE_DESCRIPTOR_SET],
+            &[HEALTH_SERVICE],
+        );
+        assert!(paths.contains("/grpc.health.v1.Health/Check"), "{paths:?}");
+        assert!(paths.contains("/grpc.health.v1.Health/Watch"), "{paths:?}");
+        assert!(method_paths(&[tonic_health::pb::FILE_DESCRIPTOR_SET], &[]).is_empty());
+    }
+}

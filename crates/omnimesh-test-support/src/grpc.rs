@@ -1,0 +1,55 @@
+//! What a stock gRPC client sees: health status and the services listed by reflection.
+
+use anyhow::Context as _;
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+/// The status `grpc.health.v1.Health/Check` reports for `service` (`""`: the server).
+///
+/// # Errors
+/// When the call fails.
+pub async fn health_status(channel: Channel, service: &str) -> anyhow::Result<ServingStatus> {
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .with_context(|| format!("health check of {service:?}"))?;
+    Ok(response.into_inner().status())
+}
+
+/// The service names listed by `grpc.reflection.v1`, sorted.
+///
+/// # Errors
+/// When the call fails or answers something other than a service list.
+pub async fn reflection_services(channel: Channel) -> anyhow::Result<Vec<String>> {
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .context("opening the reflection stream")?
+        .into_inner();
+    let response = responses
+        .next()
+        .await
+        .context("reflection answered nothing")?
+        .context("reflection answered with an error")?;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            Ok(names)
+        }
+        other => anyhow::bail!("expected a service list, got {other:?}"),
+    }
+}
