@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub mod grpc;
+pub mod http;
 
 /// How long a test waits for a server to stop before failing.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,0 +1,58 @@
+//! core-engine: encryption as a service with versioned keys, statistics and parallel
+//! compute kernels, served as `omnimesh.engine.v1.Engine`.
+//!
+//! Start reading at [`App`]: [`App::build`] assembles the service from a [`Config`],
+//! [`App::serve`] serves it on a listener the caller bound (tests bind `127.0.0.1:0`).
+//! `transport` holds the tonic service; its RPCs answer `UNIMPLEMENTED` until the
+//! key store, crypto, analysis and compute modules land.
+
+mod config;
+mod error;
+mod transport;
+
+use std::future::Future;
+
+use omnimesh_common::server::GrpcServer;
+use omnimesh_proto::engine::v1::engine_server::EngineServer;
+use omnimesh_telemetry::Metrics;
+use tokio::net::TcpListener;
+
+pub use config::{Config, Listen};
+pub use error::Error;
+
+/// The service name used in config sections, metrics and logs.
+pub const SERVICE: &str = "core-engine";
+
+/// core-engine, assembled and ready to serve.
+pub struct App {
+    server: GrpcServer,
+}
+
+impl App {
+    /// Assembles the service described by `config`.
+    ///
+    /// # Errors
+    /// When the gRPC server cannot be assembled.
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
+        let server = GrpcServer::builder(SERVICE, &config.server)
+            .add_service(EngineServer::new(transport::EngineService))
+            .descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET)
+            .reflection(true)
+            .admin_http(metrics)
+            .build()?;
+        Ok(Self { server })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls.
+    ///
+    /// # Errors
+    /// When the server fails while serving.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        Ok(self.server.serve(listener, shutdown).await?)
+    }
+}
