@@ -162,11 +162,19 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> Result<Telemetry
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
 
     let (human, json) = match config.log_format {
-        LogFormat::Human => (Some(tracing_subscriber::fmt::layer().with_target(true)), None),
+        LogFormat::Human => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(true),
+            ),
+            None,
+        ),
         LogFormat::Json => (
             None,
             Some(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
                     .json()
                     .flatten_event(true)
                     .with_current_span(true),

@@ -1,0 +1,14 @@
+//! The crate's error type.
+
+use crate::runtime;
+
+/// Why mesh-controller cannot start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The gRPC server failed to build or to serve.
+    #[error(transparent)]
+    Server(#[from] omnimesh_common::server::Error),
+    /// The local runtime could not launch or keep the platform running.
+    #[error(transparent)]
+    Launch(#[from] runtime::local::Error),
+}

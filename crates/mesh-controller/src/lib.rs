@@ -1,0 +1,91 @@
+//! mesh-controller: the control plane — service registry, event store, progressive
+//! delivery and the runtimes — served as the `omnimesh.controller.v1` services
+//! `Registry`, `Events`, `Rollouts` and `Runtime`.
+//!
+//! Start reading at [`App`]: [`App::build`] assembles the service from a [`Config`],
+//! [`App::serve`] serves it on a listener the caller bound (tests bind `127.0.0.1:0`).
+//! `transport` holds the tonic services; their RPCs answer `UNIMPLEMENTED` until the
+//! registry, event store and rollouts land. `runtime::local` is the local runtime:
+//! today the supervisor behind `mesh-controller launch` (`make run`), which starts the
+//! four services as processes, restarts them with back-off and stops them cleanly.
+
+mod config;
+mod error;
+pub mod runtime;
+mod transport;
+
+use std::future::Future;
+
+use omnimesh_common::server::GrpcServer;
+use omnimesh_proto::controller::v1::events_server::EventsServer;
+use omnimesh_proto::controller::v1::registry_server::RegistryServer;
+use omnimesh_proto::controller::v1::rollouts_server::RolloutsServer;
+use omnimesh_proto::controller::v1::runtime_server::RuntimeServer;
+use omnimesh_telemetry::Metrics;
+use tokio::net::TcpListener;
+
+pub use config::{Config, Listen};
+pub use error::Error;
+
+/// The service name used in config sections, metrics and logs.
+pub const SERVICE: &str = "mesh-controller";
+
+/// mesh-controller, assembled and ready to serve.
+pub struct App {
+    server: GrpcServer,
+}
+
+impl App {
+    /// Assembles the service described by `config`.
+    ///
+    /// # Errors
+    /// When the gRPC server cannot be assembled.
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
+        let server = GrpcServer::builder(SERVICE, &config.server)
+            .add_service(RegistryServer::new(transport::RegistryService))
+            .add_service(EventsServer::new(transport::EventsService))
+            .add_service(RolloutsServer::new(transport::RolloutsService))
+            .add_service(RuntimeServer::new(transport::RuntimeService))
+            .descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET)
+            .reflection(true)
+            .admin_http(metrics)
+            .build()?;
+        Ok(Self { server })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls.
+    ///
+    /// # Errors
+    /// When the server fails while serving.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        Ok(self.server.serve(listener, shutdown).await?)
+    }
+}
+
+/// Starts the whole platform as local processes and supervises it until `shutdown`
+/// resolves (`mesh-controller launch`, which `make run` runs); writes the status table
+/// and events to standard output.
+///
+/// # Errors
+/// When the platform cannot be started or does not become ready in time.
+pub async fn launch(
+    config: &Config,
+    sources: &omnimesh_common::config::Sources,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut stdout = std::io::stdout();
+    runtime::local::launch(
+        &config.local_runtime,
+        sources,
+        config.listen.grpc,
+        &mut stdout,
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! mesh-controller binary: `serve` the control plane (the default), or `launch` the
+//! whole platform on this machine.
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mesh_controller::{App, Config};
+use omnimesh_common::config::Sources;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "OmniMesh control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the mesh-controller gRPC API (the default).
+    Serve,
+    /// Start, supervise and stop the four services on 127.0.0.1 (`make run`).
+    Launch,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let sources = Sources::from_process();
+    let config = Config::load_from(&sources)?;
+    let _telemetry = omnimesh_telemetry::init("mesh-controller", &config.telemetry)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let addr = config.listen.grpc;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let app = App::build(config).await?;
+            app.serve(listener, omnimesh_common::shutdown_signal()).await?;
+        }
+        Command::Launch => {
+            mesh_controller::launch(&config, &sources, omnimesh_common::shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Runtimes: where the platform's services actually run.
+//!
+//! `local` runs them as processes on this machine. The Kubernetes runtime (Argo
+//! Rollouts through kube-rs) joins it in a later change.
+
+pub mod local;

@@ -1,0 +1,106 @@
+//! proxy-gateway's section of `omnimesh.toml`.
+
+use std::net::SocketAddr;
+
+use omnimesh_common::config::{Invalid, ServiceConfig};
+use omnimesh_common::server::ServerConfig;
+use omnimesh_telemetry::TelemetryConfig;
+use serde::{Deserialize, Serialize};
+
+/// The `[proxy-gateway]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the gateway listens.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Server settings (drain timeout, keep-alive) of both listeners.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Logs and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[proxy-gateway.listen]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// The data plane: HTTP/1.1 and h2c (gRPC, gRPC-Web, WebSocket, the terminal page).
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+    /// The admin API: GatewayAdmin, health, reflection, `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            http: default_http(),
+            admin: default_admin(),
+        }
+    }
+}
+
+fn default_http() -> SocketAddr {
+    omnimesh_common::ports::PROXY_GATEWAY_HTTP
+}
+
+fn default_admin() -> SocketAddr {
+    omnimesh_common::ports::PROXY_GATEWAY_ADMIN
+}
+
+impl ServiceConfig for Config {
+    const SERVICE: &'static str = crate::SERVICE;
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.listen.http == self.listen.admin && self.listen.http.port() != 0 {
+            return Err(Invalid::new(
+                "listen.admin",
+                format!("must differ from listen.http ({})", self.listen.http),
+            ));
+        }
+        self.telemetry
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))
+    }
+}
+
+impl Config {
+    /// Loads `[proxy-gateway]` from `omnimesh.toml` and `OMNIMESH_PROXY_GATEWAY__…` variables.
+    ///
+    /// # Errors
+    /// One line naming the key, where its value came from, and why it is wrong.
+    pub fn load() -> Result<Self, omnimesh_common::config::Error> {
+        omnimesh_common::config::load()
+    }
+
+    /// Defaults, both listeners on `127.0.0.1:0`, for tests.
+    pub fn for_test() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            listen: Listen {
+                http: any,
+                admin: any,
+            },
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use omnimesh_common::config::{Sources, load_from};
+
+    use super::*;
+
+    #[test]
+    fn admin_and_data_plane_must_not_share_an_address() {
+        let sources = Sources::new().with_env("OMNIMESH_PROXY_GATEWAY__LISTEN__ADMIN", "127.0.0.1:8080");
+        let error = load_from::<Config>(&sources).unwrap_err();
+        assert_eq!(error.key, "proxy-gateway.listen.admin");
+        assert_eq!(error.origin, "environment variable OMNIMESH_PROXY_GATEWAY__LISTEN__ADMIN");
+        assert!(error.reason.contains("must differ from listen.http"), "{error}");
+    }
+}
