@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use omnimesh_common::config::{Invalid, ServiceConfig, Sources};
+use omnimesh_common::config::{Invalid, ServiceConfig};
 use omnimesh_common::server::ServerConfig;
 use omnimesh_telemetry::TelemetryConfig;
 
@@ -68,14 +68,6 @@ impl Config {
     /// One line naming the key, where its value came from, and why it is wrong.
     pub fn load() -> Result<Self, omnimesh_common::config::Error> {
         omnimesh_common::config::load()
-    }
-
-    /// Loads `[mesh-controller]` from `sources`.
-    ///
-    /// # Errors
-    /// One line naming the key, where its value came from, and why it is wrong.
-    pub fn load_from(sources: &Sources) -> Result<Self, omnimesh_common::config::Error> {
-        omnimesh_common::config::load_from(sources)
     }
 
     /// Defaults, listening on `127.0.0.1:0`, for tests.

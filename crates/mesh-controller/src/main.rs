@@ -24,7 +24,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let sources = Sources::from_process();
-    let config = Config::load_from(&sources)?;
+    let config: Config = omnimesh_common::config::load_or_exit(&sources);
     let _telemetry = omnimesh_telemetry::init("mesh-controller", &config.telemetry)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             let app = App::build(config).await?;
-            app.serve(listener, omnimesh_common::shutdown_signal()).await?;
+            app.serve(listener, omnimesh_common::shutdown_signal())
+                .await?;
         }
         Command::Launch => {
             mesh_controller::launch(&config, &sources, omnimesh_common::shutdown_signal()).await?;

@@ -156,13 +156,22 @@ pub fn load<C: ServiceConfig>() -> Result<C, Error> {
     load_from(&Sources::from_process())
 }
 
+/// For `main`: loads `C` from `sources`, or prints the one-line error to stderr and
+/// exits with code 1 (no backtrace, nothing else: the line says what to fix).
+pub fn load_or_exit<C: ServiceConfig>(sources: &Sources) -> C {
+    load_from(sources).unwrap_or_else(|error| {
+        eprintln!("{error}");
+        std::process::exit(1)
+    })
+}
+
 /// Loads `C` from `sources`.
 ///
 /// # Errors
 /// The first problem found, as one line naming key, origin and reason.
 pub fn load_from<C: ServiceConfig>(sources: &Sources) -> Result<C, Error> {
-    let figment = Figment::from(Serialized::default(C::SERVICE, C::default()))
-        .merge(sources.figment()?);
+    let figment =
+        Figment::from(Serialized::default(C::SERVICE, C::default())).merge(sources.figment()?);
     let config: C = figment
         .extract_inner(C::SERVICE)
         .map_err(|error| from_figment(C::SERVICE, error))?;
@@ -196,7 +205,13 @@ pub fn peek<T: DeserializeOwned>(
         .figment()?
         .extract_inner(&full_key)
         .map(Some)
-        .or_else(|error| if error.missing() { Ok(None) } else { Err(error) })
+        .or_else(|error| {
+            if error.missing() {
+                Ok(None)
+            } else {
+                Err(error)
+            }
+        })
         .map_err(|error| from_figment(&full_key, error))?;
     Ok(value.unwrap_or(default))
 }
@@ -252,7 +267,12 @@ fn from_figment(prefix: &str, error: figment::Error) -> Error {
     let key = match (path.is_empty(), file) {
         // A file that does not parse has no key; the reason gives line and column.
         (true, Some(_)) => "(syntax)".to_owned(),
-        _ => prefix.iter().chain(&path).copied().collect::<Vec<_>>().join("."),
+        _ => prefix
+            .iter()
+            .chain(&path)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("."),
     };
     let origin = match &error.metadata {
         Some(metadata) => origin(metadata, &key),
@@ -260,7 +280,10 @@ fn from_figment(prefix: &str, error: figment::Error) -> Error {
     };
     let reason = match &error.kind {
         figment::error::Kind::UnknownField(field, expected) => {
-            format!("unknown key `{field}`, expected one of {}", expected.join(", "))
+            format!(
+                "unknown key `{field}`, expected one of {}",
+                expected.join(", ")
+            )
         }
         kind => one_line(&kind.to_string()),
     };
@@ -284,7 +307,11 @@ fn one_line(message: &str) -> String {
 /// Where the value at `key` came from, in words: a file path, an environment variable,
 /// or the defaults.
 fn origin(metadata: &Metadata, key: &str) -> String {
-    if let Some(path) = metadata.source.as_ref().and_then(|source| source.file_path()) {
+    if let Some(path) = metadata
+        .source
+        .as_ref()
+        .and_then(|source| source.file_path())
+    {
         return path.display().to_string();
     }
     if metadata.name == EnvVars::NAME {
@@ -370,7 +397,10 @@ impl Provider for EnvVars {
     fn metadata(&self) -> Metadata {
         Metadata::named(Self::NAME).interpolater(|_: &Profile, keys: &[&str]| {
             let (service, rest) = keys.split_first().map_or(("", &[][..]), |(s, r)| (*s, r));
-            let mut name = format!("{ENV_PREFIX}{}", service.replace('-', "_").to_ascii_uppercase());
+            let mut name = format!(
+                "{ENV_PREFIX}{}",
+                service.replace('-', "_").to_ascii_uppercase()
+            );
             for key in rest {
                 name.push_str("__");
                 name.push_str(&key.to_ascii_uppercase());

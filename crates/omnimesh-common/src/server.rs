@@ -173,8 +173,7 @@ impl GrpcServerBuilder {
                     tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
                     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
                 ]);
-                let grpc_metrics =
-                    GrpcMetrics::register(&mut metrics, method_paths(&sets, &names));
+                let grpc_metrics = GrpcMetrics::register(&mut metrics, method_paths(&sets, &names));
                 let router = admin_router(
                     self.routes.routes().into_axum_router(),
                     Arc::new(metrics),
@@ -365,10 +364,7 @@ mod tests {
 
     #[test]
     fn method_paths_cover_only_named_services() {
-        let paths = method_paths(
-            &[tonic_health::pb::FILE_DESCRIPTOR_SET],
-            &[HEALTH_SERVICE],
-        );
+        let paths = method_paths(&[tonic_health::pb::FILE_DESCRIPTOR_SET], &[HEALTH_SERVICE]);
         assert!(paths.contains("/grpc.health.v1.Health/Check"), "{paths:?}");
         assert!(paths.contains("/grpc.health.v1.Health/Watch"), "{paths:?}");
         assert!(method_paths(&[tonic_health::pb::FILE_DESCRIPTOR_SET], &[]).is_empty());

@@ -10,6 +10,7 @@
 mod grpc_metrics;
 mod metrics;
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -59,7 +60,10 @@ impl TelemetryConfig {
                 .parse()
                 .map_err(|error| ("otlp_endpoint", format!("not a URL: {error}")))?;
             if !matches!(uri.scheme_str(), Some("http" | "https")) {
-                return Err(("otlp_endpoint", "must start with http:// or https://".into()));
+                return Err((
+                    "otlp_endpoint",
+                    "must start with http:// or https://".into(),
+                ));
             }
         }
         Ok(())
@@ -166,6 +170,7 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> Result<Telemetry
             Some(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_target(true),
             ),
             None,

@@ -46,7 +46,9 @@ impl TestServer {
         E: Into<anyhow::Error>,
     {
         let listener = bind().await;
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let (shutdown, signal) = oneshot::channel::<()>();
         let signal: Shutdown = Box::pin(async move {
             // A dropped sender also means "stop".

@@ -1,16 +1,18 @@
 //! omniterm-interface binary: load config, start telemetry, serve until SIGTERM.
 use anyhow::Context as _;
+use omnimesh_common::config::Sources;
 use omniterm_interface::{App, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::load()?;
+    let config: Config = omnimesh_common::config::load_or_exit(&Sources::from_process());
     let _telemetry = omnimesh_telemetry::init("omniterm-interface", &config.telemetry)?;
     let addr = config.listen.grpc;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let app = App::build(config).await?;
-    app.serve(listener, omnimesh_common::shutdown_signal()).await?;
+    app.serve(listener, omnimesh_common::shutdown_signal())
+        .await?;
     Ok(())
 }

@@ -97,10 +97,17 @@ mod tests {
 
     #[test]
     fn admin_and_data_plane_must_not_share_an_address() {
-        let sources = Sources::new().with_env("OMNIMESH_PROXY_GATEWAY__LISTEN__ADMIN", "127.0.0.1:8080");
+        let sources =
+            Sources::new().with_env("OMNIMESH_PROXY_GATEWAY__LISTEN__ADMIN", "127.0.0.1:8080");
         let error = load_from::<Config>(&sources).unwrap_err();
         assert_eq!(error.key, "proxy-gateway.listen.admin");
-        assert_eq!(error.origin, "environment variable OMNIMESH_PROXY_GATEWAY__LISTEN__ADMIN");
-        assert!(error.reason.contains("must differ from listen.http"), "{error}");
+        assert_eq!(
+            error.origin,
+            "environment variable OMNIMESH_PROXY_GATEWAY__LISTEN__ADMIN"
+        );
+        assert!(
+            error.reason.contains("must differ from listen.http"),
+            "{error}"
+        );
     }
 }

@@ -101,7 +101,13 @@ impl App {
         let admin_stop = stopped(stop_rx);
         tokio::try_join!(
             signal,
-            async { Ok::<(), Error>(self.data_plane.serve(listeners.http, data_plane_stop).await?) },
+            async {
+                Ok::<(), Error>(
+                    self.data_plane
+                        .serve(listeners.http, data_plane_stop)
+                        .await?,
+                )
+            },
             async { Ok::<(), Error>(self.admin.serve(listeners.admin, admin_stop).await?) },
         )?;
         Ok(())

@@ -1,15 +1,17 @@
 //! proxy-gateway binary: load config, start telemetry, serve both listeners until SIGTERM.
 use anyhow::Context as _;
+use omnimesh_common::config::Sources;
 use proxy_gateway::{App, Config, Listeners};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::load()?;
+    let config: Config = omnimesh_common::config::load_or_exit(&Sources::from_process());
     let _telemetry = omnimesh_telemetry::init("proxy-gateway", &config.telemetry)?;
     let listeners = Listeners::bind(&config.listen)
         .await
         .context("binding the gateway listeners")?;
     let app = App::build(config).await?;
-    app.serve(listeners, omnimesh_common::shutdown_signal()).await?;
+    app.serve(listeners, omnimesh_common::shutdown_signal())
+        .await?;
     Ok(())
 }

@@ -100,7 +100,10 @@ impl LocalRuntimeConfig {
     /// The key (relative to the section) and the reason.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.restart_backoff_initial.is_zero() {
-            return Err(("restart_backoff_initial", "must be greater than zero".into()));
+            return Err((
+                "restart_backoff_initial",
+                "must be greater than zero".into(),
+            ));
         }
         if self.restart_backoff_max < self.restart_backoff_initial {
             return Err((
@@ -161,17 +164,38 @@ struct ServiceSpec {
     env: Vec<(String, String)>,
     /// Where `grpc.health.v1` is served.
     health: SocketAddr,
+    /// The address shown to people: where clients go.
+    public: SocketAddr,
     log: PathBuf,
 }
 
 /// What a supervisor reports to the launcher.
 #[derive(Debug)]
 enum Event {
-    Started { service: &'static str, pid: u32 },
-    Serving { service: &'static str, pid: u32 },
-    Exited { service: &'static str, pid: u32, status: String, restart_in: Duration },
-    SpawnFailed { service: &'static str, error: String, restart_in: Duration },
-    Stopped { service: &'static str, pid: u32, status: String },
+    Started {
+        service: &'static str,
+        pid: u32,
+    },
+    Serving {
+        service: &'static str,
+        pid: u32,
+    },
+    Exited {
+        service: &'static str,
+        pid: u32,
+        status: String,
+        restart_in: Duration,
+    },
+    SpawnFailed {
+        service: &'static str,
+        error: String,
+        restart_in: Duration,
+    },
+    Stopped {
+        service: &'static str,
+        pid: u32,
+        status: String,
+    },
 }
 
 /// The state shown in the status table.
@@ -197,6 +221,8 @@ impl fmt::Display for State {
 #[derive(Debug)]
 struct Row {
     address: SocketAddr,
+    /// A separate admin address, where the service has one.
+    admin: Option<SocketAddr>,
     state: State,
     pid: Option<u32>,
 }
@@ -247,7 +273,8 @@ pub async fn launch(
         rows.insert(
             spec.name,
             Row {
-                address: spec.health,
+                address: spec.public,
+                admin: (spec.health != spec.public).then_some(spec.health),
                 state: State::Starting,
                 pid: None,
             },
@@ -261,7 +288,12 @@ pub async fn launch(
         ));
     }
     drop(events_tx);
-    let _ = writeln!(out, "starting {} services (logs in {})", rows.len(), log_dir.display());
+    let _ = writeln!(
+        out,
+        "starting {} services (logs in {})",
+        rows.len(),
+        log_dir.display()
+    );
 
     tokio::pin!(shutdown);
     let ready_deadline = tokio::time::sleep(config.ready_timeout);
@@ -323,7 +355,15 @@ fn service_specs(
         } else {
             config::peek(sources, name, "listen.grpc", default)
         }?)?;
-        specs.push(spec(name, args, bin_dir, log_dir, &[("grpc", grpc)], grpc)?);
+        specs.push(spec(
+            name,
+            args,
+            bin_dir,
+            log_dir,
+            &[("grpc", grpc)],
+            grpc,
+            grpc,
+        )?);
     }
     let http = resolve(config::peek(
         sources,
@@ -344,6 +384,7 @@ fn service_specs(
         log_dir,
         &[("http", http), ("admin", admin)],
         admin,
+        http,
     )?);
     specs.sort_by_key(|spec| spec.name);
     Ok(specs)
@@ -356,21 +397,31 @@ fn spec(
     log_dir: &Path,
     listen: &[(&str, SocketAddr)],
     health: SocketAddr,
+    public: SocketAddr,
 ) -> Result<ServiceSpec, Error> {
     let binary = bin_dir.join(name);
     if !binary.is_file() {
         return Err(Error::MissingBinary { binary });
     }
-    let prefix = format!("OMNIMESH_{}__LISTEN__", name.replace('-', "_").to_ascii_uppercase());
+    let prefix = format!(
+        "OMNIMESH_{}__LISTEN__",
+        name.replace('-', "_").to_ascii_uppercase()
+    );
     Ok(ServiceSpec {
         name,
         binary,
         args,
         env: listen
             .iter()
-            .map(|(key, addr)| (format!("{prefix}{}", key.to_ascii_uppercase()), addr.to_string()))
+            .map(|(key, addr)| {
+                (
+                    format!("{prefix}{}", key.to_ascii_uppercase()),
+                    addr.to_string(),
+                )
+            })
             .collect(),
         health,
+        public,
         log: log_dir.join(format!("{name}.log")),
     })
 }
@@ -407,7 +458,12 @@ fn apply(rows: &mut BTreeMap<&'static str, Row>, event: &Event, out: &mut impl W
             Some(*pid),
             Some(format!("{service} SERVING (pid {pid})")),
         ),
-        Event::Exited { service, pid, status, restart_in } => (
+        Event::Exited {
+            service,
+            pid,
+            status,
+            restart_in,
+        } => (
             *service,
             State::BackingOff,
             None,
@@ -416,7 +472,11 @@ fn apply(rows: &mut BTreeMap<&'static str, Row>, event: &Event, out: &mut impl W
                 humantime::format_duration(round_ms(*restart_in))
             )),
         ),
-        Event::SpawnFailed { service, error, restart_in } => (
+        Event::SpawnFailed {
+            service,
+            error,
+            restart_in,
+        } => (
             *service,
             State::BackingOff,
             None,
@@ -425,7 +485,11 @@ fn apply(rows: &mut BTreeMap<&'static str, Row>, event: &Event, out: &mut impl W
                 humantime::format_duration(round_ms(*restart_in))
             )),
         ),
-        Event::Stopped { service, pid, status } => (
+        Event::Stopped {
+            service,
+            pid,
+            status,
+        } => (
             *service,
             State::Stopped,
             None,
@@ -446,20 +510,39 @@ fn round_ms(duration: Duration) -> Duration {
 }
 
 fn print_ready(rows: &BTreeMap<&'static str, Row>, log_dir: &Path, out: &mut impl Write) {
-    let mut table = format!("\n{:<20} {:<22} {:<12} {}\n", "SERVICE", "ADDRESS", "STATE", "PID");
+    let mut table = format!(
+        "\n{:<20} {:<22} {:<12} {}\n",
+        "SERVICE", "ADDRESS", "STATE", "PID"
+    );
     for (name, row) in rows {
-        let pid = row.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
-        table.push_str(&format!("{name:<20} {:<22} {:<12} {pid}\n", row.address.to_string(), row.state));
+        let pid = row
+            .pid
+            .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+        table.push_str(&format!(
+            "{name:<20} {:<22} {:<12} {pid}\n",
+            row.address.to_string(),
+            row.state
+        ));
     }
-    let gateway = rows.get("proxy-gateway");
-    let admin = gateway.map(|row| row.address.to_string()).unwrap_or_default();
     table.push_str(&format!(
-        "\nOmniMesh is running: {} services SERVING\n\
-         \x20 gateway admin   http://{admin}/healthz  /metrics  (gRPC GatewayAdmin, reflection)\n\
-         \x20 gRPC (stock)    grpcurl -plaintext <address from the table> list\n\
+        "\nOmniMesh is running: {} services SERVING\n",
+        rows.len()
+    ));
+    if let Some(gateway) = rows.get("proxy-gateway") {
+        table.push_str(&format!(
+            "  gateway         http://{}  (gRPC and HTTP entry point)\n",
+            gateway.address
+        ));
+        if let Some(admin) = gateway.admin {
+            table.push_str(&format!(
+                "  gateway admin   http://{admin}/metrics  (GatewayAdmin, health, reflection)\n"
+            ));
+        }
+    }
+    table.push_str(&format!(
+        "  any service     grpcurl -plaintext <address> list   |   curl http://<address>/healthz\n\
          \x20 logs            {}\n\
          Press Ctrl-C to stop.\n",
-        rows.len(),
         log_dir.display()
     ));
     let _ = write!(out, "{table}");
@@ -488,7 +571,10 @@ async fn supervise(
             Ok(mut child) => {
                 let pid = child.id().unwrap_or_default();
                 let started = Instant::now();
-                let _ = events.send(Event::Started { service: spec.name, pid });
+                let _ = events.send(Event::Started {
+                    service: spec.name,
+                    pid,
+                });
                 let mut reported_serving = false;
                 let exit = loop {
                     tokio::select! {
@@ -501,7 +587,11 @@ async fn supervise(
                 };
                 let Some(status) = exit else {
                     let status = terminate(&mut child, pid, config.stop_timeout).await;
-                    let _ = events.send(Event::Stopped { service: spec.name, pid, status });
+                    let _ = events.send(Event::Stopped {
+                        service: spec.name,
+                        pid,
+                        status,
+                    });
                     return;
                 };
                 if started.elapsed() >= STABLE_AFTER {
@@ -571,7 +661,8 @@ async fn watch_health(
         if let Ok(channel) = endpoint.connect().await {
             let mut client = HealthClient::new(channel);
             let check = client.check(HealthCheckRequest::default()).await;
-            if check.is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving) {
+            if check.is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
+            {
                 let _ = events.send(Event::Serving { service, pid });
                 return;
             }
@@ -591,7 +682,10 @@ async fn terminate(child: &mut Child, pid: u32, timeout: Duration) -> String {
         Ok(status) => describe(status),
         Err(_elapsed) => {
             let _ = child.kill().await;
-            format!("killed after {} (did not stop on SIGTERM)", humantime::format_duration(timeout))
+            format!(
+                "killed after {} (did not stop on SIGTERM)",
+                humantime::format_duration(timeout)
+            )
         }
     }
 }
@@ -625,9 +719,21 @@ mod tests {
     #[test]
     fn missing_binary_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let error = spec("core-engine", vec![], dir.path(), dir.path(), &[], ports::CORE_ENGINE_GRPC)
-            .unwrap_err();
-        assert!(error.to_string().contains("core-engine not found"), "{error}");
+        let grpc = ports::CORE_ENGINE_GRPC;
+        let error = spec(
+            "core-engine",
+            vec![],
+            dir.path(),
+            dir.path(),
+            &[],
+            grpc,
+            grpc,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("core-engine not found"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -643,13 +749,20 @@ mod tests {
             dir.path(),
             &[("http", http), ("admin", admin)],
             admin,
+            http,
         )
         .unwrap();
         assert_eq!(
             spec.env,
             [
-                ("OMNIMESH_PROXY_GATEWAY__LISTEN__HTTP".to_owned(), "127.0.0.1:1".to_owned()),
-                ("OMNIMESH_PROXY_GATEWAY__LISTEN__ADMIN".to_owned(), "127.0.0.1:2".to_owned()),
+                (
+                    "OMNIMESH_PROXY_GATEWAY__LISTEN__HTTP".to_owned(),
+                    "127.0.0.1:1".to_owned()
+                ),
+                (
+                    "OMNIMESH_PROXY_GATEWAY__LISTEN__ADMIN".to_owned(),
+                    "127.0.0.1:2".to_owned()
+                ),
             ]
         );
     }

@@ -16,12 +16,18 @@ async fn start() -> TestServer {
 async fn reports_serving_for_the_server_and_each_controller_service() {
     let server = start().await;
     let channel = server.channel().await;
-    assert_eq!(health_status(channel.clone(), "").await.unwrap(), ServingStatus::Serving);
+    assert_eq!(
+        health_status(channel.clone(), "").await.unwrap(),
+        ServingStatus::Serving
+    );
     for service in ["Registry", "Events", "Rollouts", "Runtime"] {
         assert_eq!(
-            health_status(channel.clone(), &format!("omnimesh.controller.v1.{service}"))
-                .await
-                .unwrap(),
+            health_status(
+                channel.clone(),
+                &format!("omnimesh.controller.v1.{service}")
+            )
+            .await
+            .unwrap(),
             ServingStatus::Serving,
             "{service}"
         );
@@ -56,7 +62,9 @@ async fn controller_rpcs_answer_unimplemented_and_are_counted() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    let metrics = omnimesh_test_support::http::get(server.addr(), "/metrics").await.unwrap();
+    let metrics = omnimesh_test_support::http::get(server.addr(), "/metrics")
+        .await
+        .unwrap();
     assert_eq!(metrics.status, 200);
     assert!(
         metrics.body.contains(
@@ -71,9 +79,13 @@ async fn controller_rpcs_answer_unimplemented_and_are_counted() {
 #[tokio::test]
 async fn http_probes_answer_on_the_grpc_port() {
     let server = start().await;
-    let healthz = omnimesh_test_support::http::get(server.addr(), "/healthz").await.unwrap();
+    let healthz = omnimesh_test_support::http::get(server.addr(), "/healthz")
+        .await
+        .unwrap();
     assert_eq!((healthz.status, healthz.body.as_str()), (200, "ok\n"));
-    let readyz = omnimesh_test_support::http::get(server.addr(), "/readyz").await.unwrap();
+    let readyz = omnimesh_test_support::http::get(server.addr(), "/readyz")
+        .await
+        .unwrap();
     assert_eq!((readyz.status, readyz.body.as_str()), (200, "ready\n"));
     server.stop().await.unwrap();
 }

@@ -64,7 +64,10 @@ fn load_err(sources: &Sources) -> Error {
 
 #[test]
 fn defaults_apply_without_any_source() {
-    assert_eq!(load_from::<TestConfig>(&Sources::new()).unwrap(), TestConfig::default());
+    assert_eq!(
+        load_from::<TestConfig>(&Sources::new()).unwrap(),
+        TestConfig::default()
+    );
 }
 
 #[test]
@@ -114,7 +117,10 @@ fn unknown_key_names_the_key_and_the_file() {
     assert_eq!(error.key, "core-engine.listen.grcp");
     assert_eq!(error.origin, toml.path().display().to_string());
     assert!(error.reason.contains("unknown key `grcp`"), "{error}");
-    assert!(error.reason.contains("grpc"), "lists the expected keys: {error}");
+    assert!(
+        error.reason.contains("grpc"),
+        "lists the expected keys: {error}"
+    );
 }
 
 #[test]
@@ -147,7 +153,10 @@ fn bad_environment_value_names_the_variable() {
     let sources = Sources::new().with_env("OMNIMESH_CORE_ENGINE__WORKERS", "many");
     let error = load_err(&sources);
     assert_eq!(error.key, "core-engine.workers");
-    assert_eq!(error.origin, "environment variable OMNIMESH_CORE_ENGINE__WORKERS");
+    assert_eq!(
+        error.origin,
+        "environment variable OMNIMESH_CORE_ENGINE__WORKERS"
+    );
     assert!(error.reason.contains("invalid type"), "{error}");
 }
 
@@ -156,7 +165,10 @@ fn unknown_environment_key_names_the_variable() {
     let sources = Sources::new().with_env("OMNIMESH_CORE_ENGINE__WORKERZ", "2");
     let error = load_err(&sources);
     assert_eq!(error.key, "core-engine.workerz");
-    assert_eq!(error.origin, "environment variable OMNIMESH_CORE_ENGINE__WORKERZ");
+    assert_eq!(
+        error.origin,
+        "environment variable OMNIMESH_CORE_ENGINE__WORKERZ"
+    );
 }
 
 #[test]
@@ -180,14 +192,20 @@ fn validation_failure_names_the_origin_of_the_value() {
         }
     );
     let error = load_err(&Sources::new().with_env("OMNIMESH_CORE_ENGINE__WORKERS", "0"));
-    assert_eq!(error.origin, "environment variable OMNIMESH_CORE_ENGINE__WORKERS");
+    assert_eq!(
+        error.origin,
+        "environment variable OMNIMESH_CORE_ENGINE__WORKERS"
+    );
 }
 
 #[test]
 fn missing_named_file_is_an_error() {
     let error = load_err(&Sources::new().with_file("/nonexistent/omnimesh.toml"));
     assert_eq!(error.key, CONFIG_PATH_VAR);
-    assert!(error.reason.contains("/nonexistent/omnimesh.toml"), "{error}");
+    assert!(
+        error.reason.contains("/nonexistent/omnimesh.toml"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -201,5 +219,8 @@ fn peek_reads_another_section_or_falls_back() {
     assert_eq!(admin, default);
     let sources = sources.with_env("OMNIMESH_PROXY_GATEWAY__LISTEN__HTTP", "nope");
     let error = peek::<SocketAddr>(&sources, "proxy-gateway", "listen.http", default).unwrap_err();
-    assert_eq!(error.origin, "environment variable OMNIMESH_PROXY_GATEWAY__LISTEN__HTTP");
+    assert_eq!(
+        error.origin,
+        "environment variable OMNIMESH_PROXY_GATEWAY__LISTEN__HTTP"
+    );
 }

@@ -1,10 +1,10 @@
 //! The service answers health and reflection like any gRPC server, and the HTTP probes.
 
-use omniterm_interface::{App, Config};
 use omnimesh_proto::terminal::v1::InterpretRequest;
 use omnimesh_proto::terminal::v1::terminal_client::TerminalClient;
 use omnimesh_test_support::TestServer;
 use omnimesh_test_support::grpc::{health_status, reflection_services};
+use omniterm_interface::{App, Config};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 async fn start() -> TestServer {
@@ -16,9 +16,14 @@ async fn start() -> TestServer {
 async fn reports_serving_for_the_server_and_the_terminal() {
     let server = start().await;
     let channel = server.channel().await;
-    assert_eq!(health_status(channel.clone(), "").await.unwrap(), ServingStatus::Serving);
     assert_eq!(
-        health_status(channel, "omnimesh.terminal.v1.Terminal").await.unwrap(),
+        health_status(channel.clone(), "").await.unwrap(),
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        health_status(channel, "omnimesh.terminal.v1.Terminal")
+            .await
+            .unwrap(),
         ServingStatus::Serving
     );
     server.stop().await.unwrap();
@@ -48,7 +53,9 @@ async fn terminal_rpcs_answer_unimplemented_and_are_counted() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    let metrics = omnimesh_test_support::http::get(server.addr(), "/metrics").await.unwrap();
+    let metrics = omnimesh_test_support::http::get(server.addr(), "/metrics")
+        .await
+        .unwrap();
     assert_eq!(metrics.status, 200);
     assert!(
         metrics.body.contains(
@@ -63,9 +70,13 @@ async fn terminal_rpcs_answer_unimplemented_and_are_counted() {
 #[tokio::test]
 async fn http_probes_answer_on_the_grpc_port() {
     let server = start().await;
-    let healthz = omnimesh_test_support::http::get(server.addr(), "/healthz").await.unwrap();
+    let healthz = omnimesh_test_support::http::get(server.addr(), "/healthz")
+        .await
+        .unwrap();
     assert_eq!((healthz.status, healthz.body.as_str()), (200, "ok\n"));
-    let readyz = omnimesh_test_support::http::get(server.addr(), "/readyz").await.unwrap();
+    let readyz = omnimesh_test_support::http::get(server.addr(), "/readyz")
+        .await
+        .unwrap();
     assert_eq!((readyz.status, readyz.body.as_str()), (200, "ready\n"));
     server.stop().await.unwrap();
 }

@@ -45,7 +45,9 @@ impl Gateway {
 #[tokio::test]
 async fn data_plane_answers_health_for_the_gateway_itself() {
     let gateway = Gateway::start().await;
-    let status = health_status(gateway.server.channel().await, "").await.unwrap();
+    let status = health_status(gateway.server.channel().await, "")
+        .await
+        .unwrap();
     assert_eq!(status, ServingStatus::Serving);
     gateway.server.stop().await.unwrap();
 }
@@ -55,7 +57,9 @@ async fn admin_port_serves_gateway_admin_health_and_reflection() {
     let gateway = Gateway::start().await;
     let channel = gateway.admin_channel().await;
     assert_eq!(
-        health_status(channel.clone(), "omnimesh.gateway.v1.GatewayAdmin").await.unwrap(),
+        health_status(channel.clone(), "omnimesh.gateway.v1.GatewayAdmin")
+            .await
+            .unwrap(),
         ServingStatus::Serving
     );
     assert_eq!(
@@ -78,11 +82,19 @@ async fn admin_port_serves_gateway_admin_health_and_reflection() {
 #[tokio::test]
 async fn admin_port_answers_http_probes_and_metrics() {
     let gateway = Gateway::start().await;
-    assert_eq!(http::get(gateway.admin, "/healthz").await.unwrap().status, 200);
-    assert_eq!(http::get(gateway.admin, "/readyz").await.unwrap().status, 200);
+    assert_eq!(
+        http::get(gateway.admin, "/healthz").await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        http::get(gateway.admin, "/readyz").await.unwrap().status,
+        200
+    );
     let metrics = http::get(gateway.admin, "/metrics").await.unwrap();
     assert!(
-        metrics.body.contains("omnimesh_proxy_gateway_build_info{version="),
+        metrics
+            .body
+            .contains("omnimesh_proxy_gateway_build_info{version="),
         "{}",
         metrics.body
     );
@@ -99,6 +111,9 @@ async fn data_plane_does_not_expose_admin_services() {
     // Not served here at all: the data plane's fallback answers, not GatewayAdmin.
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     let reflection = reflection_services(gateway.server.channel().await).await;
-    assert!(reflection.is_err(), "reflection must not be on the data plane");
+    assert!(
+        reflection.is_err(),
+        "reflection must not be on the data plane"
+    );
     gateway.server.stop().await.unwrap();
 }
