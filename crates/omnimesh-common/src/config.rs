@@ -201,19 +201,11 @@ pub fn peek<T: DeserializeOwned>(
     default: T,
 ) -> Result<T, Error> {
     let full_key = format!("{service}.{key}");
-    let value: Option<T> = sources
-        .figment()?
-        .extract_inner(&full_key)
-        .map(Some)
-        .or_else(|error| {
-            if error.missing() {
-                Ok(None)
-            } else {
-                Err(error)
-            }
-        })
-        .map_err(|error| from_figment(&full_key, error))?;
-    Ok(value.unwrap_or(default))
+    match sources.figment()?.extract_inner(&full_key) {
+        Ok(value) => Ok(value),
+        Err(error) if error.missing() => Ok(default),
+        Err(error) => Err(from_figment(&full_key, error)),
+    }
 }
 
 /// Rejects top-level tables other than the four services, so a typo in a section name

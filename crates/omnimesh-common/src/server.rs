@@ -10,8 +10,11 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{self as http, StatusCode, header};
@@ -20,14 +23,19 @@ use axum::routing::get;
 use omnimesh_telemetry::{GrpcMetrics, GrpcMetricsLayer, Metrics};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+/// How long cut connections get to unwind before `serve` returns anyway.
+const CUT_GRACE: Duration = Duration::from_secs(1);
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -274,7 +282,13 @@ impl GrpcServer {
                 draining.notify_one();
             }
         };
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let cut = CancellationToken::new();
+        let incoming = {
+            let cut = cut.clone();
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |accepted| accepted.map(|io| Cuttable::new(io, cut.clone())))
+        };
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .http2_keepalive_interval(self.config.http2_keepalive_interval)
@@ -287,15 +301,99 @@ impl GrpcServer {
             () = draining.notified() => {}
         }
         tracing::info!(service = self.service, timeout = ?self.config.drain_timeout, "draining");
-        match tokio::time::timeout(self.config.drain_timeout, &mut server).await {
-            Ok(result) => result?,
-            Err(_elapsed) => tracing::warn!(
+        if let Ok(result) = tokio::time::timeout(self.config.drain_timeout, &mut server).await {
+            result?;
+        } else {
+            tracing::warn!(
                 service = self.service,
                 "drain timeout reached; closing the remaining connections"
-            ),
+            );
+            // The connections run in their own tasks: dropping the server would not end
+            // them. Cutting their sockets does, and then the server returns by itself.
+            cut.cancel();
+            if tokio::time::timeout(CUT_GRACE, &mut server).await.is_err() {
+                tracing::warn!(
+                    service = self.service,
+                    "connections still open after the cut"
+                );
+            }
         }
         tracing::info!(service = self.service, "stopped");
         Ok(())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection that fails its I/O once `cut` is cancelled, so that the task serving
+    /// it ends. Only reads wait on the token (an idle connection always has a read
+    /// pending, so its task is woken); writes merely check it.
+    struct Cuttable<IO> {
+        #[pin]
+        io: IO,
+        token: CancellationToken,
+        // Boxed so that the connection stays `Unpin`, as the server requires.
+        cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    }
+}
+
+impl<IO> Cuttable<IO> {
+    fn new(io: IO, token: CancellationToken) -> Self {
+        Self {
+            io,
+            cut: Box::pin(token.clone().cancelled_owned()),
+            token,
+        }
+    }
+}
+
+fn cut_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "drain timeout: connection cut",
+    )
+}
+
+impl<IO: AsyncRead> AsyncRead for Cuttable<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.token.is_cancelled() || this.cut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        this.io.poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Cuttable<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        if this.token.is_cancelled() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        this.io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+impl<IO: Connected> Connected for Cuttable<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 
