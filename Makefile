@@ -1,0 +1,64 @@
+# OmniMesh: `make run` starts the platform on 127.0.0.1, `make test` runs every test.
+# Only the Rust toolchain is assumed; anything else a target needs it installs itself.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+# cargo-nextest (on the rust-svc machines) isolates tests in processes and enforces the
+# timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
+HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: all build release run test test-rust test-stock-client fmt fmt-check lint clean help
+
+all: build
+
+help:
+	@echo "make run                 build (release) and start the whole platform on 127.0.0.1"
+	@echo "make test                every test: unit, integration, end-to-end, stock gRPC client"
+	@echo "make lint                rustfmt --check and clippy -D warnings"
+	@echo "make build | release     debug | release build of the workspace"
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+# Foreground: the launcher prints a status table and the URLs; Ctrl-C or SIGTERM stops
+# every service and exits 0. Runtime data (logs) goes to ./.omnimesh/.
+run: release
+	exec ./target/release/mesh-controller launch
+
+test: test-rust test-stock-client
+
+# The end-to-end tests run the real binaries, so they are built first.
+test-rust: build
+ifeq ($(HAVE_NEXTEST),yes)
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --workspace --doc
+else
+	$(CARGO) test --workspace --no-fail-fast
+endif
+
+$(VENV)/.stock-client: tests/stock-client/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+# A stock client (Python grpcio) that has never seen our protos, against the launcher.
+test-stock-client: build $(VENV)/.stock-client
+	$(VENV)/bin/python tests/stock-client/check.py target/debug
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+lint: fmt-check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) .omnimesh
