@@ -53,3 +53,28 @@ pub async fn reflection_services(channel: Channel) -> anyhow::Result<Vec<String>
         other => anyhow::bail!("expected a service list, got {other:?}"),
     }
 }
+
+/// Asserts what a stock client sees on `channel`: `SERVING` for the server (`""`) and for
+/// each of `services`, and reflection listing exactly `services` plus health and
+/// reflection themselves.
+///
+/// # Panics
+/// When any of that does not hold; the message says which.
+pub async fn assert_serves(channel: Channel, services: &[&str]) {
+    for service in std::iter::once("").chain(services.iter().copied()) {
+        let status = health_status(channel.clone(), service).await.unwrap();
+        assert_eq!(status, ServingStatus::Serving, "health of {service:?}");
+    }
+    let mut expected: Vec<&str> = vec![
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    expected.extend(services);
+    expected.sort_unstable();
+    assert_eq!(
+        reflection_services(channel).await.unwrap(),
+        expected,
+        "reflection"
+    );
+}

@@ -50,3 +50,33 @@ pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Response> {
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
+
+/// Asserts that `/healthz` and `/readyz` answer 200 and `/metrics` carries the service's
+/// `build_info` (prefix `omnimesh_<service>_`); returns the metrics text.
+///
+/// # Panics
+/// When a probe fails; the message says which.
+pub async fn assert_probes(addr: SocketAddr, metric_prefix: &str) -> String {
+    let healthz = get(addr, "/healthz").await.unwrap();
+    assert_eq!(
+        (healthz.status, healthz.body.as_str()),
+        (200, "ok\n"),
+        "/healthz"
+    );
+    let readyz = get(addr, "/readyz").await.unwrap();
+    assert_eq!(
+        (readyz.status, readyz.body.as_str()),
+        (200, "ready\n"),
+        "/readyz"
+    );
+    let metrics = get(addr, "/metrics").await.unwrap();
+    assert_eq!(metrics.status, 200, "/metrics");
+    assert!(
+        metrics
+            .body
+            .contains(&format!("{metric_prefix}_build_info{{version=")),
+        "/metrics lacks {metric_prefix}_build_info:\n{}",
+        metrics.body
+    );
+    metrics.body
+}

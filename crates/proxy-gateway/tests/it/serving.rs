@@ -3,8 +3,9 @@
 
 use omnimesh_proto::gateway::v1::GetConfigRequest;
 use omnimesh_proto::gateway::v1::gateway_admin_client::GatewayAdminClient;
-use omnimesh_test_support::grpc::{health_status, reflection_services};
-use omnimesh_test_support::{TestServer, http};
+use omnimesh_test_support::TestServer;
+use omnimesh_test_support::grpc::{assert_serves, health_status, reflection_services};
+use omnimesh_test_support::http::assert_probes;
 use proxy_gateway::{App, Config, Listeners};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -53,50 +54,21 @@ async fn data_plane_answers_health_for_the_gateway_itself() {
 }
 
 #[tokio::test]
-async fn admin_port_serves_gateway_admin_health_and_reflection() {
+async fn admin_port_serves_gateway_admin_health_reflection_and_probes() {
     let gateway = Gateway::start().await;
     let channel = gateway.admin_channel().await;
-    assert_eq!(
-        health_status(channel.clone(), "omnimesh.gateway.v1.GatewayAdmin")
-            .await
-            .unwrap(),
-        ServingStatus::Serving
-    );
-    assert_eq!(
-        reflection_services(channel.clone()).await.unwrap(),
-        [
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-            "omnimesh.gateway.v1.GatewayAdmin",
-        ]
-    );
+    assert_serves(channel.clone(), &["omnimesh.gateway.v1.GatewayAdmin"]).await;
     let status = GatewayAdminClient::new(channel)
         .get_config(GetConfigRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    gateway.server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn admin_port_answers_http_probes_and_metrics() {
-    let gateway = Gateway::start().await;
-    assert_eq!(
-        http::get(gateway.admin, "/healthz").await.unwrap().status,
-        200
-    );
-    assert_eq!(
-        http::get(gateway.admin, "/readyz").await.unwrap().status,
-        200
-    );
-    let metrics = http::get(gateway.admin, "/metrics").await.unwrap();
+    let metrics = assert_probes(gateway.admin, "omnimesh_proxy_gateway").await;
     assert!(
-        metrics
-            .body
-            .contains("omnimesh_proxy_gateway_build_info{version="),
-        "{}",
-        metrics.body
+        metrics.contains(
+            "method=\"/omnimesh.gateway.v1.GatewayAdmin/GetConfig\",code=\"UNIMPLEMENTED\"} 1"
+        ),
+        "{metrics}"
     );
     gateway.server.stop().await.unwrap();
 }
