@@ -224,3 +224,57 @@ fn peek_reads_another_section_or_falls_back() {
         "environment variable OMNIMESH_PROXY_GATEWAY__LISTEN__HTTP"
     );
 }
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn assert_one_line(result: Result<TestConfig, Error>) {
+        if let Err(error) = result {
+            let line = error.to_string();
+            assert!(line.starts_with("invalid configuration: `"), "{line}");
+            assert!(!line.contains('\n'), "{line:?}");
+        }
+    }
+
+    proptest! {
+        /// Arbitrary file contents never panic the loader; failures are one line.
+        #[test]
+        fn arbitrary_file_contents_fail_cleanly(contents in ".{0,400}") {
+            let toml = file(&contents);
+            assert_one_line(load_from(&Sources::new().with_file(toml.path())));
+        }
+
+        /// Arbitrary values (and key paths) in our variables never panic the loader.
+        #[test]
+        fn arbitrary_environment_fails_cleanly(
+            key in "[A-Z_]{0,12}(__[A-Z_]{0,8}){0,3}",
+            value in ".{0,200}",
+        ) {
+            let sources = Sources::new().with_env(format!("OMNIMESH_CORE_ENGINE__{key}"), value);
+            assert_one_line(load_from(&sources));
+        }
+
+        /// TOML-shaped input with random keys and values in our section.
+        #[test]
+        fn random_keys_and_values_fail_cleanly(
+            table in "(listen|server|telemetry|workers|[a-z]{1,6})",
+            key in "[a-z_]{1,10}",
+            value in "(\"[^\"\\\\\n]{0,20}\"|-?[0-9]{1,25}|true|\\[\\]|\\{\\})",
+        ) {
+            let toml = file(&format!("[core-engine.{table}]\n{key} = {value}\n"));
+            assert_one_line(load_from(&Sources::new().with_file(toml.path())));
+        }
+    }
+
+    #[test]
+    fn a_huge_file_is_read_or_refused_without_panicking() {
+        // 8 MiB of comments and one real key: loads, and the key still counts.
+        let mut contents = "# padding\n".repeat(800_000);
+        contents.push_str("[core-engine]\nworkers = 2\n");
+        let toml = file(&contents);
+        let config: TestConfig = load_from(&Sources::new().with_file(toml.path())).unwrap();
+        assert_eq!(config.workers, 2);
+    }
+}
