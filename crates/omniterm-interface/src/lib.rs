@@ -8,6 +8,7 @@
 
 mod config;
 mod error;
+pub mod nl;
 mod transport;
 
 use std::future::Future;
