@@ -525,7 +525,16 @@ fn rule_scores(tokens: &[Token]) -> Vec<f64> {
     {
         add(Intent::Status, 2.0);
     }
-    if has(Concept::Health) && !has(Concept::Replicas) && !has(Concept::Scale) {
+    // "down by one", "up to ten": a change of size, not a health question.
+    let resizes = norms.windows(3).any(|w| {
+        matches!(w[0], "up" | "down")
+            && matches!(w[1], "by" | "to")
+            && (parse_digits(w[2]).is_some() || parse_number_words(&[w[2]]).is_some())
+    });
+    if resizes {
+        add(Intent::Scale, 5.0);
+    }
+    if has(Concept::Health) && !has(Concept::Replicas) && !has(Concept::Scale) && !resizes {
         add(Intent::Health, 3.0);
     }
     if has(Concept::Unsupported) {
