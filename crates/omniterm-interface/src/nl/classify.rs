@@ -464,7 +464,8 @@ fn rule_scores(tokens: &[Token]) -> Vec<f64> {
     if has(Concept::Logs) {
         add(Intent::Logs, 5.0);
     }
-    if has(Concept::Rollback) || near(Concept::Roll, Concept::Back, 2) {
+    let roll_back = near(Concept::Roll, Concept::Back, 4);
+    if has(Concept::Rollback) || roll_back {
         add(Intent::Rollback, 6.0);
     } else if has(Concept::Back)
         && (norms.contains(&"go")
@@ -547,6 +548,7 @@ fn rule_scores(tokens: &[Token]) -> Vec<f64> {
             Concept::Promote => Intent::Promote,
             Concept::Abort => Intent::Abort,
             Concept::Rollback => Intent::Rollback,
+            Concept::Roll if roll_back => Intent::Rollback,
             Concept::Scale => Intent::Scale,
             Concept::Build => Intent::Build,
             Concept::Logs => Intent::Logs,

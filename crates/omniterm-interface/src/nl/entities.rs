@@ -709,26 +709,37 @@ fn payload(words: &Words<'_>, intent: Intent, key: Option<&str>) -> Option<Strin
 
 /// The intent a help request is about: the first intent word mentioned.
 fn topic(words: &Words<'_>) -> Option<Intent> {
-    words
+    let tokens: Vec<&Token> = words
         .tokens
         .iter()
         .filter(|token| token.is_word())
-        .find_map(|token| {
-            Some(match lexicon::concept(&token.norm)? {
-                lexicon::Concept::Deploy => Intent::Deploy,
-                lexicon::Concept::Promote => Intent::Promote,
-                lexicon::Concept::Abort => Intent::Abort,
-                lexicon::Concept::Rollback => Intent::Rollback,
-                lexicon::Concept::Scale => Intent::Scale,
-                lexicon::Concept::Logs => Intent::Logs,
-                lexicon::Concept::Metrics => Intent::Metrics,
-                lexicon::Concept::Build => Intent::Build,
-                lexicon::Concept::Encrypt => Intent::Encrypt,
-                lexicon::Concept::Decrypt => Intent::Decrypt,
-                lexicon::Concept::Analyze => Intent::Analyze,
-                lexicon::Concept::Health => Intent::Health,
-                lexicon::Concept::Status => Intent::Status,
-                _ => return None,
-            })
+        .collect();
+    tokens.iter().enumerate().find_map(|(index, token)| {
+        Some(match lexicon::concept(&token.norm)? {
+            lexicon::Concept::Roll => {
+                let rest = &tokens[index + 1..(index + 4).min(tokens.len())];
+                if rest.iter().any(|token| token.norm == "back") {
+                    Intent::Rollback
+                } else if rest.first().is_some_and(|token| token.norm == "out") {
+                    Intent::Deploy
+                } else {
+                    return None;
+                }
+            }
+            lexicon::Concept::Deploy => Intent::Deploy,
+            lexicon::Concept::Promote => Intent::Promote,
+            lexicon::Concept::Abort => Intent::Abort,
+            lexicon::Concept::Rollback => Intent::Rollback,
+            lexicon::Concept::Scale => Intent::Scale,
+            lexicon::Concept::Logs => Intent::Logs,
+            lexicon::Concept::Metrics => Intent::Metrics,
+            lexicon::Concept::Build => Intent::Build,
+            lexicon::Concept::Encrypt => Intent::Encrypt,
+            lexicon::Concept::Decrypt => Intent::Decrypt,
+            lexicon::Concept::Analyze => Intent::Analyze,
+            lexicon::Concept::Health => Intent::Health,
+            lexicon::Concept::Status => Intent::Status,
+            _ => return None,
         })
+    })
 }

@@ -132,3 +132,26 @@ fn cross_validated_scores_meet_the_floors() {
 /// Floors for the cross-validated dev-set scores; raise them as the interpreter improves.
 const FLOOR_INTENT: f64 = 0.95;
 const FLOOR_ENTITIES: f64 = 0.93;
+
+/// Phrasings written separately from the training data and never trained on: a check
+/// that the rules generalise beyond the development set.
+#[test]
+fn held_out_phrasings_meet_the_floors() {
+    let holdout = parse_examples(include_str!("../../data/holdout.jsonl")).unwrap();
+    let report = eval::evaluate(&interpreter(), &holdout);
+    println!("{report}\n{}", report.errors.join("\n"));
+    assert_eq!(report.safety_count, 0, "{:#?}", report.errors);
+    assert!(
+        report.intent_accuracy >= FLOOR_HELD_OUT_INTENT,
+        "{report}\n{:#?}",
+        report.errors
+    );
+    assert!(
+        report.entity_exact_match >= FLOOR_HELD_OUT_ENTITIES,
+        "{report}\n{:#?}",
+        report.errors
+    );
+}
+
+const FLOOR_HELD_OUT_INTENT: f64 = 0.95;
+const FLOOR_HELD_OUT_ENTITIES: f64 = 0.95;
