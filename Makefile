@@ -9,7 +9,7 @@ VENV := .venv
 # timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all build release run test test-rust test-stock-client fmt fmt-check lint clean help
+.PHONY: all build release run test test-rust test-stock-client eval-nl fmt fmt-check lint clean help
 
 all: build
 
@@ -18,6 +18,7 @@ help:
 	@echo "make test                every test: unit, integration, end-to-end, stock gRPC client"
 	@echo "make lint                rustfmt --check and clippy -D warnings"
 	@echo "make build | release     debug | release build of the workspace"
+	@echo "make eval-nl             score the English interpreter (plain and 5-fold cross-validated)"
 
 build:
 	$(CARGO) build --workspace --bins
@@ -49,6 +50,15 @@ $(VENV)/.stock-client: tests/stock-client/requirements.txt
 # A stock client (Python grpcio) that has never seen our protos, against the launcher.
 test-stock-client: build $(VENV)/.stock-client
 	$(VENV)/bin/python tests/stock-client/check.py target/debug
+
+# The interpreter's figures on the shared development set and on our held-out phrasings.
+NL_DEV ?= ../shared/nl/utterances-dev.jsonl
+eval-nl:
+	$(CARGO) build --release -p omniterm-interface
+	./target/release/omniterm-interface eval-nl $(NL_DEV)
+	@echo
+	@echo "== held-out phrasings (never trained on)"
+	./target/release/omniterm-interface eval-nl crates/omniterm-interface/data/holdout.jsonl | sed -n '/trained on everything/,/safety/p'
 
 fmt:
 	$(CARGO) fmt --all
