@@ -10,7 +10,12 @@ fn interpret(input: &str) -> Vec<serde_json::Value> {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     String::from_utf8(output.stdout)
@@ -24,8 +29,22 @@ fn interpret(input: &str) -> Vec<serde_json::Value> {
 fn one_object_per_line_with_exactly_the_contract_keys() {
     let objects = interpret("deploy core-engine 1.4.2 --canary 10 --env production\nlol\n");
     assert_eq!(objects.len(), 2);
-    let keys: Vec<&str> = objects[0].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["confidence", "entities", "intent", "needs_confirmation", "text"]);
+    let keys: Vec<&str> = objects[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "confidence",
+            "entities",
+            "intent",
+            "needs_confirmation",
+            "text"
+        ]
+    );
     assert_eq!(objects[0]["intent"], "deploy");
     assert_eq!(objects[0]["entities"]["service"], "core-engine");
     assert_eq!(objects[0]["entities"]["version"], "1.4.2");
@@ -41,7 +60,12 @@ fn hostile_lines_get_an_answer_each_and_nothing_is_lost() {
     let input = format!("{huge}\n'''\"\"\"'''\n\u{0}\u{1b}[31m\nrm -rf / ; deploy engine 1.0.0\n");
     let objects = interpret(&input);
     assert_eq!(objects.len(), 4);
-    assert!(objects[0]["error"].as_str().unwrap().contains("the limit is 2048"));
+    assert!(
+        objects[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the limit is 2048")
+    );
     for object in &objects[1..] {
         assert_eq!(object["intent"], "unknown", "{object}");
     }
