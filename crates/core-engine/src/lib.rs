@@ -17,7 +17,7 @@ use omnimesh_proto::engine::v1::engine_server::EngineServer;
 use omnimesh_telemetry::Metrics;
 use tokio::net::TcpListener;
 
-pub use config::{Config, Listen};
+pub use config::Config;
 pub use error::Error;
 
 /// The service name used in config sections, metrics and logs.

@@ -1,21 +1,20 @@
 //! mesh-controller's section of `omnimesh.toml`.
 
-use std::net::SocketAddr;
-
 use omnimesh_common::config::{Invalid, ServiceConfig};
-use omnimesh_common::server::ServerConfig;
+use omnimesh_common::server::{GrpcListen, ServerConfig};
 use omnimesh_telemetry::TelemetryConfig;
-
-use crate::runtime::local::LocalRuntimeConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::local::LocalRuntimeConfig;
+
 /// The `[mesh-controller]` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where the service listens.
-    #[serde(default)]
-    pub listen: Listen,
+    /// Where the service listens: gRPC, and HTTP `/healthz`, `/readyz`, `/metrics` on the
+    /// same port.
+    #[serde(default = "default_listen")]
+    pub listen: GrpcListen,
     /// gRPC server settings (drain timeout, keep-alive).
     #[serde(default)]
     pub server: ServerConfig,
@@ -27,25 +26,19 @@ pub struct Config {
     pub local_runtime: LocalRuntimeConfig,
 }
 
-/// `[mesh-controller.listen]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Listen {
-    /// gRPC, and HTTP `/healthz`, `/readyz`, `/metrics` on the same port.
-    #[serde(default = "default_grpc")]
-    pub grpc: SocketAddr,
-}
-
-impl Default for Listen {
+impl Default for Config {
     fn default() -> Self {
         Self {
-            grpc: default_grpc(),
+            listen: default_listen(),
+            server: ServerConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            local_runtime: LocalRuntimeConfig::default(),
         }
     }
 }
 
-fn default_grpc() -> SocketAddr {
-    omnimesh_common::ports::MESH_CONTROLLER_GRPC
+fn default_listen() -> GrpcListen {
+    GrpcListen::new(omnimesh_common::ports::MESH_CONTROLLER_GRPC)
 }
 
 impl ServiceConfig for Config {
@@ -62,20 +55,10 @@ impl ServiceConfig for Config {
 }
 
 impl Config {
-    /// Loads `[mesh-controller]` from `omnimesh.toml` and `OMNIMESH_MESH_CONTROLLER__…` variables.
-    ///
-    /// # Errors
-    /// One line naming the key, where its value came from, and why it is wrong.
-    pub fn load() -> Result<Self, omnimesh_common::config::Error> {
-        omnimesh_common::config::load()
-    }
-
     /// Defaults, listening on `127.0.0.1:0`, for tests.
     pub fn for_test() -> Self {
         Self {
-            listen: Listen {
-                grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
-            },
+            listen: GrpcListen::any_loopback(),
             ..Self::default()
         }
     }

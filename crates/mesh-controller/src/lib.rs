@@ -24,7 +24,7 @@ use omnimesh_proto::controller::v1::runtime_server::RuntimeServer;
 use omnimesh_telemetry::Metrics;
 use tokio::net::TcpListener;
 
-pub use config::{Config, Listen};
+pub use config::Config;
 pub use error::Error;
 
 /// The service name used in config sections, metrics and logs.

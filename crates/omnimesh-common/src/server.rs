@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +65,27 @@ impl Default for ServerConfig {
 
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// `[<service>.listen]` of a service with one port: gRPC, plus HTTP `/healthz`,
+/// `/readyz` and `/metrics` on the same port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcListen {
+    /// The address to listen on.
+    pub grpc: SocketAddr,
+}
+
+impl GrpcListen {
+    /// Listens on `grpc`.
+    pub const fn new(grpc: SocketAddr) -> Self {
+        Self { grpc }
+    }
+
+    /// `127.0.0.1:0`: any free loopback port, for tests.
+    pub fn any_loopback() -> Self {
+        Self::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
 }
 
 /// Errors of [`GrpcServer`].
@@ -287,7 +309,9 @@ impl GrpcServer {
             let cut = cut.clone();
             TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
-                .map(move |accepted| accepted.map(|io| Cuttable::new(io, cut.clone())))
+                // A child token per connection: each connection waits on its own
+                // Notify, so reads of different connections never share a lock.
+                .map(move |accepted| accepted.map(|io| Cuttable::new(io, cut.child_token())))
         };
         let server = tonic::transport::Server::builder()
             .accept_http1(true)

@@ -18,7 +18,7 @@ use omnimesh_proto::terminal::v1::terminal_server::TerminalServer;
 use omnimesh_telemetry::Metrics;
 use tokio::net::TcpListener;
 
-pub use config::{Config, Listen};
+pub use config::Config;
 pub use error::Error;
 
 /// The service name used in config sections, metrics and logs.

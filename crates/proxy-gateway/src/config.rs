@@ -68,14 +68,6 @@ impl ServiceConfig for Config {
 }
 
 impl Config {
-    /// Loads `[proxy-gateway]` from `omnimesh.toml` and `OMNIMESH_PROXY_GATEWAY__…` variables.
-    ///
-    /// # Errors
-    /// One line naming the key, where its value came from, and why it is wrong.
-    pub fn load() -> Result<Self, omnimesh_common::config::Error> {
-        omnimesh_common::config::load()
-    }
-
     /// Defaults, both listeners on `127.0.0.1:0`, for tests.
     pub fn for_test() -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
