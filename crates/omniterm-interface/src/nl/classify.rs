@@ -30,8 +30,8 @@ pub(crate) struct Classification {
     pub(crate) reason: String,
 }
 
-/// Words that start raw shell commands, which the terminal never passes through.
-const RAW_COMMANDS: &[&str] = &[
+/// Tools whose name is no English word: a line that mentions one is a shell command.
+const SHELL_TOOLS: &[&str] = &[
     "kubectl",
     "git",
     "ssh",
@@ -41,24 +41,21 @@ const RAW_COMMANDS: &[&str] = &[
     "sudo",
     "curl",
     "wget",
-    "ls",
-    "cat",
     "systemctl",
     "chmod",
     "chown",
-    "mv",
-    "cp",
-    "echo",
-    "bash",
-    "sh",
-    "python",
-    "npm",
-    "cargo",
-    "make",
-    "apt",
-    "apt-get",
     "scp",
     "terraform",
+    "apt",
+    "apt-get",
+    "bash",
+    "npm",
+    "cargo",
+    "kubectx",
+];
+/// Commands that are also English words: raw only at the start of a line or before a flag.
+const SHELL_WORDS: &[&str] = &[
+    "ls", "cat", "mv", "cp", "echo", "sh", "python", "make", "kill",
 ];
 /// Utterances that are only a reaction, outside any prompt.
 const BARE_REPLIES: &[&str] = &[
@@ -326,15 +323,24 @@ fn refusal(text: &str, tokens: &[Token]) -> Option<String> {
     for token in outside_quotes {
         if matches!(token.raw.as_str(), ";" | "|" | "&" | ">" | "<" | "{" | "}")
             || token.raw.contains('$')
-            || token.raw.starts_with("-rf")
         {
             return Some(format!("shell metacharacter {:?}", token.raw));
         }
     }
     let words: Vec<&Token> = tokens.iter().filter(|token| token.is_word()).collect();
     let first = words.first().map(|token| token.norm.as_str()).unwrap_or("");
-    if RAW_COMMANDS.contains(&first) {
+    if SHELL_WORDS.contains(&first) && first != "kill" {
         return Some(format!("raw `{first}` command"));
+    }
+    for (index, word) in words.iter().enumerate() {
+        let flag_follows = words
+            .get(index + 1)
+            .is_some_and(|next| next.raw.starts_with('-'));
+        if SHELL_TOOLS.contains(&word.norm.as_str())
+            || (SHELL_WORDS.contains(&word.norm.as_str()) && flag_follows)
+        {
+            return Some(format!("raw `{}` command", word.norm));
+        }
     }
     // Negations: "don't roll back", "do not deploy", "never mind", "nevermind".
     for (index, token) in words.iter().enumerate() {

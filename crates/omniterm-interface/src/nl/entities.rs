@@ -354,6 +354,10 @@ fn percent(words: &Words<'_>, intent: Intent) -> Option<(i64, String)> {
             return in_range(value, &token.raw);
         }
         if let Some((value, used)) = words.number_at(index) {
+            // "canary 10", "--canary 10", "weight 20": the number is the percentage.
+            if index > 0 && matches!(words.norm(index - 1), "canary" | "percent" | "weight") {
+                return in_range(value, &phrase(&tokens[index - 1..index + used]));
+            }
             let after = index + used;
             let unit = words.norm(after);
             if unit == "%" || unit.starts_with('%') || matches!(unit, "percent" | "pct" | "per") {

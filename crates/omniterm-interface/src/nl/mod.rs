@@ -335,6 +335,12 @@ impl Interpreter {
 /// Normalised text → tokens with typo-corrected lowercase forms.
 fn prepare(normalized: &str) -> Vec<Token> {
     let mut tokens = tokenize::tokenize(normalized);
+    // Canonical flags read as their word: `--canary 10` is "canary 10".
+    for token in &mut tokens {
+        if token.kind == Kind::Word && token.norm.len() > 2 && token.norm.starts_with("--") {
+            token.norm = token.norm.trim_start_matches('-').to_owned();
+        }
+    }
     // Key names after "key" keep their spelling; so does everything quoted.
     for index in 0..tokens.len() {
         let after_key = index > 0 && (tokens[index - 1].is("key") || tokens[index - 1].raw == "=");

@@ -60,11 +60,23 @@ fn negations_injections_and_raw_commands_are_unknown() {
         "scale gw to 3 | tee x",
         "kubectl delete ns prod",
         "rm -rf /",
+        "please rm -rf / now",
+        "could you git push -f",
     ] {
         let result = interpreter().interpret(text).unwrap();
         assert_eq!(result.intent, Intent::Unknown, "{text}");
         assert!(!result.mutates, "{text}");
     }
+}
+
+#[test]
+fn canonical_flags_are_not_mistaken_for_shell_flags() {
+    let result = interpreter()
+        .interpret("deploy core-engine 1.4.2 --canary 10 --env production")
+        .unwrap();
+    assert_eq!(result.intent, Intent::Deploy);
+    assert_eq!(result.entities.environment.as_deref(), Some("production"));
+    assert_eq!(result.entities.percent, Some(10));
 }
 
 #[test]
