@@ -9,6 +9,7 @@
 mod config;
 mod error;
 pub mod nl;
+pub mod repl;
 mod transport;
 
 use std::future::Future;

@@ -1,6 +1,6 @@
 //! omniterm-interface binary: `serve` (the default) runs the terminal service;
 //! `interpret --jsonl` interprets one utterance per stdin line; `eval-nl` scores the
-//! interpreter on a labelled set.
+//! interpreter on a labelled set; `repl` is the interpreter at a prompt.
 use std::io::{BufRead as _, Write as _};
 
 use anyhow::Context as _;
@@ -29,6 +29,15 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Type commands in plain English and see the plan each would run.
+    Repl {
+        /// Where history is kept (payloads are never stored).
+        #[arg(long, default_value = ".omnimesh/omniterm-history")]
+        history: std::path::PathBuf,
+        /// Plain output even on a terminal (also when NO_COLOR is set).
+        #[arg(long)]
+        no_color: bool,
+    },
     /// Score the interpreter on labelled JSON lines (plain and cross-validated).
     EvalNl {
         /// The labelled set; by default the shared development set.
@@ -53,6 +62,14 @@ async fn main() -> anyhow::Result<()> {
                 "only --jsonl is supported: one utterance per stdin line"
             );
             interpret(explain)
+        }
+        Command::Repl { history, no_color } => {
+            let colour = !no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            omniterm_interface::repl::run(&omniterm_interface::repl::Options {
+                history,
+                colour,
+                limits: Limits::default(),
+            })
         }
         Command::EvalNl {
             file,

@@ -233,6 +233,9 @@ fn softmax(scores: &[f64], temperature: f64) -> Vec<f64> {
     exps.into_iter().map(|value| value / sum).collect()
 }
 
+/// Words that open a question about the past ("was it rolled back?").
+const PAST_QUESTION: &[&str] = &["was", "were", "did", "has", "have", "had"];
+
 /// Classifies tokens of the normalised `text`.
 pub(crate) fn classify(text: &str, tokens: &[Token], model: &Model) -> Classification {
     if let Some(reason) = refusal(text, tokens) {
@@ -252,6 +255,7 @@ pub(crate) fn classify(text: &str, tokens: &[Token], model: &Model) -> Classific
     rule_scores[Intent::Unknown.index()] += UNKNOWN_PRIOR;
     let rules = softmax(&rule_scores, 1.5);
     let (bayes, known) = model.predict(tokens);
+    let mut reason = "recognised from its words";
     let combined: Vec<f64> = if rule_fired {
         // The rules lead; the model sharpens or softens them.
         normalise(
@@ -267,8 +271,10 @@ pub(crate) fn classify(text: &str, tokens: &[Token], model: &Model) -> Classific
     {
         // No rule recognised anything, but the utterance is about one of our services
         // and the model is sure.
+        reason = "by similarity to known commands";
         bayes
     } else {
+        reason = "no command words recognised";
         let mut unknown = vec![0.0; bayes.len()];
         unknown[Intent::Unknown.index()] = 1.0;
         unknown
@@ -287,15 +293,20 @@ pub(crate) fn classify(text: &str, tokens: &[Token], model: &Model) -> Classific
             reason: format!("not sure enough ({intent} at {confidence:.2})"),
         };
     }
-    let reason = if rule_fired {
-        "recognised from its words".to_owned()
-    } else {
-        "by similarity to known commands".to_owned()
-    };
+    // "was the engine rolled back?", "did the gateway deploy?": a question about what
+    // happened asks for the state; it never changes it.
+    let first = tokens.iter().find(|token| token.is_word());
+    if intent.mutates() && first.is_some_and(|token| PAST_QUESTION.contains(&token.norm.as_str())) {
+        return Classification {
+            intent: Intent::Status,
+            confidence,
+            reason: format!("a question about what happened, not a {intent}"),
+        };
+    }
     Classification {
         intent,
         confidence,
-        reason,
+        reason: reason.to_owned(),
     }
 }
 

@@ -189,6 +189,7 @@ const CONCEPTS: &[(&str, Concept)] = &[
     ("downgrade", Concept::Rollback),
     ("back", Concept::Back),
     ("roll", Concept::Roll),
+    ("rolled", Concept::Roll),
     ("scale", Concept::Scale),
     ("scaling", Concept::Scale),
     ("resize", Concept::Scale),

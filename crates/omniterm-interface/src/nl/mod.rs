@@ -10,7 +10,7 @@
 mod classify;
 mod entities;
 pub mod eval;
-mod lexicon;
+pub(crate) mod lexicon;
 mod normalize;
 mod numbers;
 mod tokenize;
@@ -151,6 +151,10 @@ pub struct Interpretation {
     pub clarification: Option<String>,
     /// What was recognised, word by word.
     pub explanation: Vec<String>,
+    /// The utterance with every payload and quoted text replaced by `<redacted>`: the
+    /// only form that may be stored (history) or logged.
+    #[serde(skip)]
+    pub redacted: String,
 }
 
 /// Why an utterance was refused before interpretation.
@@ -282,8 +286,10 @@ impl Interpreter {
         } else {
             entities::extract(&words, intent, &mut explanation)
         };
+        let redacted = redact(&normalized, &tokens, entities.payload.as_deref());
         Ok(self.decide(
             text,
+            redacted,
             intent,
             entities,
             classification.confidence,
@@ -295,6 +301,7 @@ impl Interpreter {
     fn decide(
         &self,
         text: &str,
+        redacted: String,
         intent: Intent,
         entities: Entities,
         confidence: f64,
@@ -328,8 +335,45 @@ impl Interpreter {
             dangerous,
             clarification,
             explanation,
+            redacted,
         }
     }
+}
+
+/// The normalised text with quoted spans, the text after a `:` and the payload replaced
+/// by `<redacted>`. Quoted text is hidden whatever the intent: an utterance that was not
+/// understood may still carry a secret.
+fn redact(normalized: &str, tokens: &[Token], payload: Option<&str>) -> String {
+    const MASK: &str = "<redacted>";
+    let mut hidden: Vec<std::ops::Range<usize>> = tokens
+        .iter()
+        .filter(|token| token.kind == Kind::Quoted)
+        .map(|token| token.start..token.start + token.raw.len())
+        .collect();
+    if let Some(colon) = tokens.iter().rposition(|token| token.raw == ":")
+        && let Some(next) = tokens.get(colon + 1)
+    {
+        hidden.push(next.start..normalized.len());
+    }
+    if let Some(payload) = payload.filter(|payload| !payload.is_empty())
+        && let Some(start) = normalized.find(payload)
+    {
+        hidden.push(start..start + payload.len());
+    }
+    hidden.sort_by_key(|range| range.start);
+    let mut out = String::with_capacity(normalized.len());
+    let mut at = 0;
+    for range in hidden {
+        if range.start < at {
+            at = at.max(range.end);
+            continue;
+        }
+        out.push_str(&normalized[at..range.start]);
+        out.push_str(MASK);
+        at = range.end;
+    }
+    out.push_str(&normalized[at..]);
+    out
 }
 
 /// Normalised text → tokens with typo-corrected lowercase forms.

@@ -48,6 +48,29 @@ fn unseen_phrasings_of_known_concepts() {
         Intent::Logs,
         serde_json::json!({"service": "mesh-controller", "lines": 20}),
     );
+    check(
+        "what if I rolled back the engine",
+        Intent::Rollback,
+        serde_json::json!({"service": "core-engine", "dry_run": true}),
+    );
+}
+
+#[test]
+fn questions_about_the_past_ask_for_status_and_change_nothing() {
+    for text in [
+        "was the engine rolled back?",
+        "did the gateway deploy go out to production?",
+        "has the controller been scaled",
+    ] {
+        let result = interpreter().interpret(text).unwrap();
+        assert_eq!(
+            result.intent,
+            Intent::Status,
+            "{text}: {:?}",
+            result.explanation
+        );
+        assert!(!result.needs_confirmation && !result.mutates, "{text}");
+    }
 }
 
 #[test]
@@ -116,6 +139,45 @@ fn payloads_are_verbatim_and_never_explained() {
     assert_eq!(result.entities.payload.as_deref(), Some("Top Secret"));
     assert!(!result.explanation.join(" ").contains("Top Secret"));
     assert!(!result.canonical.contains("Top Secret"));
+}
+
+#[test]
+fn the_redacted_text_hides_every_payload_form() {
+    let interpreter = interpreter();
+    for (text, secret, expected) in [
+        (
+            "encrypt 'Top Secret' with key payments",
+            "Top Secret",
+            "encrypt '<redacted>' with key payments",
+        ),
+        (
+            "encrypt this: hunter2 hunter3",
+            "hunter2",
+            "encrypt this: <redacted>",
+        ),
+        (
+            "please encrypt hunter2 with key billing",
+            "hunter2",
+            "please encrypt <redacted> with key billing",
+        ),
+        (
+            "decrypt \"omnimesh:v1:c2VjcmV0\" using key billing",
+            "c2VjcmV0",
+            "decrypt \"<redacted>\" using key billing",
+        ),
+        // Not understood, but quoted: hidden all the same.
+        ("blorp 'my password'", "my password", "blorp '<redacted>'"),
+    ] {
+        let result = interpreter.interpret(text).unwrap();
+        assert!(
+            !result.redacted.contains(secret),
+            "{text} → {}",
+            result.redacted
+        );
+        assert_eq!(result.redacted, expected, "{text}");
+    }
+    let plain = interpreter.interpret("deploy core-engine 1.4.2").unwrap();
+    assert_eq!(plain.redacted, "deploy core-engine 1.4.2");
 }
 
 #[test]

@@ -1,4 +1,5 @@
 //! omniterm-interface integration tests: the real server in-process on 127.0.0.1:0.
 
 mod cli;
+mod repl;
 mod serving;
