@@ -9,7 +9,7 @@ VENV := .venv
 # timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all build release run test test-rust test-stock-client eval-nl fmt fmt-check lint clean help
+.PHONY: all build release run test test-rust test-stock-client eval-nl bench-nl fuzz-nl fmt fmt-check lint clean help
 
 all: build
 
@@ -19,6 +19,8 @@ help:
 	@echo "make lint                rustfmt --check and clippy -D warnings"
 	@echo "make build | release     debug | release build of the workspace"
 	@echo "make eval-nl             score the English interpreter (plain and 5-fold cross-validated)"
+	@echo "make bench-nl            the interpreter's latency and model load against their budgets"
+	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
 
 build:
 	$(CARGO) build --workspace --bins
@@ -59,6 +61,22 @@ eval-nl:
 	@echo
 	@echo "== held-out phrasings (never trained on)"
 	./target/release/omniterm-interface eval-nl crates/omniterm-interface/data/holdout.jsonl | sed -n '/trained on everything/,/safety/p'
+
+# The interpreter's latency (p50/p99 per utterance, model load) against the budgets, then
+# criterion's statistics.
+bench-nl:
+	$(CARGO) bench -p omniterm-interface --bench interpret
+
+# Coverage-guided fuzzing of the interpreter (libFuzzer through cargo-fuzz, installed from
+# crates.io when missing), seeded with every labelled line. FUZZ_SECONDS bounds the run.
+FUZZ_SECONDS ?= 300
+fuzz-nl:
+	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	mkdir -p fuzz/corpus/interpret
+	cat ../shared/nl/utterances-dev.jsonl crates/omniterm-interface/data/*.jsonl 2>/dev/null \
+	  | $(PYTHON) -c 'import sys,json,hashlib,pathlib; [pathlib.Path("fuzz/corpus/interpret", hashlib.sha1(t.encode()).hexdigest()).write_text(t) for t in (json.loads(l)["text"] for l in sys.stdin if l.strip())]'
+	cd fuzz && $(CARGO) fuzz run --sanitizer none interpret -- \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=1024 -print_final_stats=1
 
 fmt:
 	$(CARGO) fmt --all

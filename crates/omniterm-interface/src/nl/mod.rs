@@ -10,6 +10,7 @@
 mod classify;
 mod entities;
 pub mod eval;
+pub mod invariants;
 pub(crate) mod lexicon;
 mod normalize;
 mod numbers;
@@ -267,13 +268,6 @@ impl Interpreter {
         let normalized = normalize::normalize(text);
         let tokens = prepare(&normalized);
         let mut explanation = Vec::new();
-        let corrected: Vec<String> = tokens
-            .iter()
-            .filter(|token| token.is_word() && token.raw.to_lowercase() != token.norm)
-            .map(|token| format!("read \"{}\" as \"{}\"", token.raw, token.norm))
-            .collect();
-        explanation.extend(corrected);
-
         let classification = classify::classify(&normalized, &tokens, &self.model);
         let intent = classification.intent;
         explanation.push(format!("intent = {intent} ({})", classification.reason));
@@ -286,7 +280,15 @@ impl Interpreter {
         } else {
             entities::extract(&words, intent, &mut explanation)
         };
-        let redacted = redact(&normalized, &tokens, entities.payload.as_deref());
+        let hidden = hidden_ranges(&normalized, &tokens, entities.payload.as_deref());
+        // Typo corrections are explained, except inside a payload: its words are secret.
+        let corrected = tokens
+            .iter()
+            .filter(|token| token.is_word() && token.raw.to_lowercase() != token.norm)
+            .filter(|token| !hidden.iter().any(|range| range.contains(&token.start)))
+            .map(|token| format!("read \"{}\" as \"{}\"", token.raw, token.norm));
+        explanation.splice(0..0, corrected);
+        let redacted = redact(&normalized, hidden);
         Ok(self.decide(
             text,
             redacted,
@@ -340,11 +342,14 @@ impl Interpreter {
     }
 }
 
-/// The normalised text with quoted spans, the text after a `:` and the payload replaced
-/// by `<redacted>`. Quoted text is hidden whatever the intent: an utterance that was not
-/// understood may still carry a secret.
-fn redact(normalized: &str, tokens: &[Token], payload: Option<&str>) -> String {
-    const MASK: &str = "<redacted>";
+/// The byte ranges of the normalised text that are secret: quoted spans, the text after
+/// the last `:`, and every occurrence of the payload. Quoted text is hidden whatever the
+/// intent: an utterance that was not understood may still carry a secret.
+fn hidden_ranges(
+    normalized: &str,
+    tokens: &[Token],
+    payload: Option<&str>,
+) -> Vec<std::ops::Range<usize>> {
     let mut hidden: Vec<std::ops::Range<usize>> = tokens
         .iter()
         .filter(|token| token.kind == Kind::Quoted)
@@ -355,12 +360,21 @@ fn redact(normalized: &str, tokens: &[Token], payload: Option<&str>) -> String {
     {
         hidden.push(next.start..normalized.len());
     }
-    if let Some(payload) = payload.filter(|payload| !payload.is_empty())
-        && let Some(start) = normalized.find(payload)
-    {
-        hidden.push(start..start + payload.len());
+    if let Some(payload) = payload.filter(|payload| !payload.is_empty()) {
+        hidden.extend(
+            normalized
+                .match_indices(payload)
+                .map(|(start, _)| start..start + payload.len()),
+        );
     }
     hidden.sort_by_key(|range| range.start);
+    hidden
+}
+
+/// The normalised text with the `hidden` ranges (sorted by start) replaced by
+/// `<redacted>`; overlapping ranges become one mask.
+fn redact(normalized: &str, hidden: Vec<std::ops::Range<usize>>) -> String {
+    const MASK: &str = "<redacted>";
     let mut out = String::with_capacity(normalized.len());
     let mut at = 0;
     for range in hidden {
