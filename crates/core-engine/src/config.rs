@@ -3,6 +3,9 @@
 use omnimesh_common::config::{Invalid, ServiceConfig};
 use omnimesh_common::server::{GrpcListen, ServerConfig};
 use omnimesh_telemetry::TelemetryConfig;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// The `[core-engine]` section.
@@ -19,6 +22,12 @@ pub struct Config {
     /// Logs and traces.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The key store and the master key.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -27,6 +36,77 @@ impl Default for Config {
             listen: default_listen(),
             server: ServerConfig::default(),
             telemetry: TelemetryConfig::default(),
+            keys: KeysConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `[core-engine.keys]`: where keys live and what wraps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// `sqlite://path` (created when missing) or `postgres://…`.
+    pub database_url: String,
+    /// Connections in the store's pool.
+    pub max_connections: u32,
+    /// The master key file: 32 raw bytes, or their base64 or hex.
+    pub master_key_file: PathBuf,
+    /// An environment variable that, when set, holds the master key (base64 or hex) and
+    /// wins over the file.
+    pub master_key_env: String,
+    /// Create the master key file (mode 0600) when it is missing: the local default; turn
+    /// it off in production so a missing Secret stops start-up.
+    pub generate_master_key: bool,
+    /// Unwrapped key versions kept in memory.
+    pub cache_versions: usize,
+    /// How long key metadata is trusted before it is read again (another replica's
+    /// rotation or configuration change is seen within this).
+    #[serde(with = "humantime_serde")]
+    pub metadata_ttl: Duration,
+    /// Seals one AEAD key version may make before encryption with it is refused (2^32:
+    /// the NIST bound for random 96-bit GCM nonces).
+    pub max_seals_per_version: u64,
+    /// How often seal counts are written to the store.
+    #[serde(with = "humantime_serde")]
+    pub seal_flush_interval: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://.omnimesh/core-engine.db".to_owned(),
+            max_connections: 8,
+            master_key_file: PathBuf::from(".omnimesh/core-engine-master.key"),
+            master_key_env: "OMNIMESH_ENGINE_MASTER_KEY".to_owned(),
+            generate_master_key: true,
+            cache_versions: 1024,
+            metadata_ttl: Duration::from_secs(2),
+            max_seals_per_version: 1 << 32,
+            seal_flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[core-engine.limits]`: over any of them a request gets `RESOURCE_EXHAUSTED` naming
+/// the limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request message, in bytes.
+    pub max_message_bytes: usize,
+    /// Most items in one batch request.
+    pub max_batch_items: usize,
+    /// Largest RandomBytes request.
+    pub max_random_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 << 20,
+            max_batch_items: 10_000,
+            max_random_bytes: 1 << 20,
         }
     }
 }
@@ -41,15 +121,51 @@ impl ServiceConfig for Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.telemetry
             .validate()
-            .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))
+            .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))?;
+        let url = &self.keys.database_url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return Err(Invalid::new(
+                "keys.database_url",
+                "must start with sqlite: or postgres:",
+            ));
+        }
+        if self.keys.max_connections == 0 {
+            return Err(Invalid::new("keys.max_connections", "must be at least 1"));
+        }
+        if self.keys.max_seals_per_version == 0 {
+            return Err(Invalid::new(
+                "keys.max_seals_per_version",
+                "must be at least 1",
+            ));
+        }
+        for (key, value) in [
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            ("limits.max_batch_items", self.limits.max_batch_items),
+            ("limits.max_random_bytes", self.limits.max_random_bytes),
+        ] {
+            if value == 0 {
+                return Err(Invalid::new(key, "must be at least 1"));
+            }
+        }
+        Ok(())
     }
 }
 
 impl Config {
-    /// Defaults, listening on `127.0.0.1:0`, for tests.
-    pub fn for_test() -> Self {
+    /// Defaults, listening on `127.0.0.1:0`, with the key store and the master key in
+    /// `dir`, for tests.
+    pub fn for_test(dir: &std::path::Path) -> Self {
         Self {
             listen: GrpcListen::any_loopback(),
+            keys: KeysConfig {
+                database_url: format!("sqlite://{}", dir.join("engine.db").display()),
+                master_key_file: dir.join("master.key"),
+                master_key_env: String::new(),
+                ..KeysConfig::default()
+            },
             ..Self::default()
         }
     }

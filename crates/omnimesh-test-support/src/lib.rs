@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 pub mod grpc;
 pub mod http;
+pub mod postgres;
 
 /// How long a test waits for a server to stop before failing.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);

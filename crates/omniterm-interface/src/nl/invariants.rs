@@ -53,10 +53,12 @@ pub fn check(interpreter: &Interpreter, text: &str) -> Result<(), String> {
     if let Some(payload) = &interpretation.entities.payload
         && payload.chars().count() >= DISTINCTIVE
     {
-        let explained = interpretation.explanation.join("\n");
-        if interpretation.canonical.contains(payload.as_str())
+        // The mask itself may be part of a payload (`'--payload <redacted'`).
+        let unmasked = |text: &str| text.replace("<redacted>", "\u{0}");
+        let explained = unmasked(&interpretation.explanation.join("\n"));
+        if unmasked(&interpretation.canonical).contains(payload.as_str())
             || explained.contains(payload.as_str())
-            || interpretation.redacted.contains(payload.as_str())
+            || unmasked(&interpretation.redacted).contains(payload.as_str())
         {
             return fail("the payload leaked outside its entity");
         }
@@ -187,6 +189,8 @@ mod tests {
         let found: &[&[u8]] = &[
             // The payload occurred twice; only its first occurrence was redacted.
             b"er\xd2\xffdry runploy gaewtcy 2.4\0\0\0\0o productiono[ncrypt this\0\0ctiono[ncrypt",
+            // A payload that spells the mask of the canonical command is not a leak.
+            b"decrypt ' --payload <redacted' wity y 100G liast 2\xff\xff0mpaent cosnn",
         ];
         for bytes in found {
             let text = String::from_utf8_lossy(bytes);

@@ -1,0 +1,305 @@
+//! The primitives, all from `ring`: AEAD sealing and opening (AES-256-GCM,
+//! ChaCha20-Poly1305), signatures (Ed25519, ECDSA P-256 SHA-256 in DER or fixed
+//! encoding), HMAC-SHA256, SHA-2 digests, HKDF-SHA256, and the self-describing
+//! `omnimesh:v<N>:<base64>` strings. The RPCs and the test-vector suites call the same
+//! functions.
+
+pub(crate) mod envelope;
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{digest, hkdf, hmac, signature};
+use zeroize::Zeroizing;
+
+use crate::error::EngineError;
+
+/// AEAD nonce length (96 bits) and tag length (128 bits), for both AEADs.
+pub(crate) const NONCE_LEN: usize = 12;
+pub(crate) const TAG_LEN: usize = 16;
+
+/// The AEAD of a key type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AeadAlg {
+    Aes256Gcm,
+    ChaCha20Poly1305,
+}
+
+impl AeadAlg {
+    fn ring(self) -> &'static aead::Algorithm {
+        match self {
+            AeadAlg::Aes256Gcm => &aead::AES_256_GCM,
+            AeadAlg::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
+        }
+    }
+}
+
+/// An AEAD key ready to seal and open.
+pub(crate) struct AeadKey {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AeadKey(..)")
+    }
+}
+
+impl AeadKey {
+    /// A key from 32 bytes of material.
+    pub(crate) fn new(alg: AeadAlg, material: &[u8]) -> Result<Self, EngineError> {
+        let unbound = UnboundKey::new(alg.ring(), material)
+            .map_err(|_| EngineError::invalid("key", "wrong key length"))?;
+        Ok(Self {
+            key: LessSafeKey::new(unbound),
+        })
+    }
+
+    /// Seals `plaintext` under an explicit nonce, appending `ciphertext || tag` to `out`.
+    /// Every seal goes through here (the test vectors too).
+    pub(crate) fn seal_into(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EngineError> {
+        let start = out.len();
+        out.reserve(plaintext.len() + TAG_LEN);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[start..],
+            )
+            .map_err(|_| EngineError::Internal)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Opens `ciphertext || tag` sealed under `nonce`.
+    pub(crate) fn open_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
+        let mut in_out = sealed.to_vec();
+        let plaintext = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut in_out,
+            )
+            .map_err(|_| EngineError::DecryptionFailed)?;
+        let length = plaintext.len();
+        in_out.truncate(length);
+        Ok(in_out)
+    }
+
+    /// Seals with a fresh random nonce: `nonce || ciphertext || tag`.
+    pub(crate) fn seal(
+        &self,
+        rng: &SystemRandom,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
+        let mut nonce = [0_u8; NONCE_LEN];
+        rng.fill(&mut nonce).map_err(|_| EngineError::Internal)?;
+        let mut body = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+        body.extend_from_slice(&nonce);
+        self.seal_into(nonce, aad, plaintext, &mut body)?;
+        Ok(body)
+    }
+
+    /// Opens `nonce || ciphertext || tag`.
+    pub(crate) fn open(&self, aad: &[u8], body: &[u8]) -> Result<Vec<u8>, EngineError> {
+        if body.len() < NONCE_LEN + TAG_LEN {
+            return Err(EngineError::DecryptionFailed);
+        }
+        let (nonce, sealed) = body.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce
+            .try_into()
+            .map_err(|_| EngineError::DecryptionFailed)?;
+        self.open_with_nonce(nonce, aad, sealed)
+    }
+}
+
+/// HKDF-SHA256: `length` bytes from `ikm`, `salt` and `info`.
+pub(crate) fn hkdf_sha256(
+    ikm: &[u8],
+    salt: &[u8],
+    info: &[u8],
+    length: usize,
+) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let too_long = || EngineError::invalid("length", "HKDF-SHA256 yields at most 8160 bytes");
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    let info = [info];
+    let okm = prk.expand(&info, Len(length)).map_err(|_| too_long())?;
+    let mut out = Zeroizing::new(vec![0_u8; length]);
+    okm.fill(&mut out).map_err(|_| too_long())?;
+    Ok(out)
+}
+
+/// The salt of derived keys: fixed, so the same context always gives the same key.
+const DERIVATION_SALT: &[u8] = b"omnimesh.engine.v1 derived key";
+
+/// The key derived from `material` for a caller `context`.
+pub(crate) fn derive(material: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+    hkdf_sha256(material, DERIVATION_SALT, context, 32)
+}
+
+/// HMAC-SHA256 tag of `message`.
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), message)
+        .as_ref()
+        .to_vec()
+}
+
+/// Checks an HMAC-SHA256 tag in constant time.
+pub(crate) fn verify_hmac_sha256(key: &[u8], message: &[u8], tag: &[u8]) -> bool {
+    hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, key), message, tag).is_ok()
+}
+
+/// A SHA-2 digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HashAlg {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+pub(crate) fn hash(alg: HashAlg, input: &[u8]) -> Vec<u8> {
+    let alg = match alg {
+        HashAlg::Sha256 => &digest::SHA256,
+        HashAlg::Sha384 => &digest::SHA384,
+        HashAlg::Sha512 => &digest::SHA512,
+    };
+    digest::digest(alg, input).as_ref().to_vec()
+}
+
+/// How an ECDSA signature is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EcdsaEncoding {
+    Der,
+    Fixed,
+}
+
+/// A signing key pair.
+pub(crate) enum Signer {
+    Ed25519(signature::Ed25519KeyPair),
+    EcdsaP256 {
+        der: Box<signature::EcdsaKeyPair>,
+        fixed: Box<signature::EcdsaKeyPair>,
+    },
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Signer::Ed25519(_) => "Signer::Ed25519(..)",
+            Signer::EcdsaP256 { .. } => "Signer::EcdsaP256(..)",
+        })
+    }
+}
+
+impl Signer {
+    /// A fresh Ed25519 key pair as its PKCS#8 document.
+    pub(crate) fn generate_ed25519(rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+        signature::Ed25519KeyPair::generate_pkcs8(rng)
+            .map(|document| Zeroizing::new(document.as_ref().to_vec()))
+            .map_err(|_| EngineError::Internal)
+    }
+
+    /// A fresh P-256 key pair as its PKCS#8 document.
+    pub(crate) fn generate_p256(rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+        signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, rng)
+            .map(|document| Zeroizing::new(document.as_ref().to_vec()))
+            .map_err(|_| EngineError::Internal)
+    }
+
+    pub(crate) fn ed25519(pkcs8: &[u8]) -> Result<Self, EngineError> {
+        signature::Ed25519KeyPair::from_pkcs8(pkcs8)
+            .map(Signer::Ed25519)
+            .map_err(|_| EngineError::Internal)
+    }
+
+    pub(crate) fn p256(pkcs8: &[u8], rng: &SystemRandom) -> Result<Self, EngineError> {
+        let pair = |alg| {
+            signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8, rng)
+                .map(Box::new)
+                .map_err(|_| EngineError::Internal)
+        };
+        Ok(Signer::EcdsaP256 {
+            der: pair(&signature::ECDSA_P256_SHA256_ASN1_SIGNING)?,
+            fixed: pair(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)?,
+        })
+    }
+
+    /// The public key: raw 32 bytes for Ed25519, SEC1 uncompressed for P-256.
+    pub(crate) fn public_key(&self) -> Vec<u8> {
+        use signature::KeyPair as _;
+        match self {
+            Signer::Ed25519(pair) => pair.public_key().as_ref().to_vec(),
+            Signer::EcdsaP256 { der, .. } => der.public_key().as_ref().to_vec(),
+        }
+    }
+
+    pub(crate) fn sign(
+        &self,
+        rng: &SystemRandom,
+        message: &[u8],
+        encoding: EcdsaEncoding,
+    ) -> Result<Vec<u8>, EngineError> {
+        match self {
+            Signer::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
+            Signer::EcdsaP256 { der, fixed } => {
+                let pair = if encoding == EcdsaEncoding::Der {
+                    der
+                } else {
+                    fixed
+                };
+                pair.sign(rng, message)
+                    .map(|signature| signature.as_ref().to_vec())
+                    .map_err(|_| EngineError::Internal)
+            }
+        }
+    }
+}
+
+/// Verifies a signature with a public key (raw Ed25519, or SEC1 P-256).
+pub(crate) fn verify_ed25519(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    signature::UnparsedPublicKey::new(&signature::ED25519, public_key)
+        .verify(message, signature)
+        .is_ok()
+}
+
+pub(crate) fn verify_p256(
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    encoding: EcdsaEncoding,
+) -> bool {
+    let alg = match encoding {
+        EcdsaEncoding::Der => &signature::ECDSA_P256_SHA256_ASN1,
+        EcdsaEncoding::Fixed => &signature::ECDSA_P256_SHA256_FIXED,
+    };
+    signature::UnparsedPublicKey::new(alg, public_key)
+        .verify(message, signature)
+        .is_ok()
+}
+
+/// Random bytes from the system generator.
+pub(crate) fn random(rng: &SystemRandom, length: usize) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+    let mut bytes = Zeroizing::new(vec![0_u8; length]);
+    rng.fill(&mut bytes).map_err(|_| EngineError::Internal)?;
+    Ok(bytes)
+}

@@ -1,0 +1,180 @@
+//! The master key: wraps every key version's material before it is stored.
+//!
+//! Loaded from an environment variable (base64 or hex of 32 bytes) or a file (32 raw
+//! bytes, or base64/hex text); for the local default the file is generated at first start
+//! with mode 0600. The key is never logged; only its id (a digest) is recorded with each
+//! wrapped version, so a rotated master key can be told apart.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use base64::Engine as _;
+use ring::rand::SystemRandom;
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, AeadAlg, AeadKey};
+use crate::error::EngineError;
+
+/// The wrapping key.
+pub(crate) struct MasterKey {
+    key: AeadKey,
+    id: String,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// 32 bytes from raw bytes, or base64 / hex text.
+fn decode(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if bytes.len() == 32 {
+        return Some(Zeroizing::new(bytes.to_vec()));
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let decoded = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?
+    };
+    let decoded = Zeroizing::new(decoded);
+    (decoded.len() == 32).then_some(decoded)
+}
+
+impl MasterKey {
+    /// A master key from 32 bytes.
+    pub(crate) fn from_bytes(material: &[u8]) -> Result<Self, String> {
+        let material = decode(material).ok_or("must be 32 bytes (raw), or their base64 or hex")?;
+        let digest = crypto::hash(
+            crypto::HashAlg::Sha256,
+            &[b"omnimesh master key id:".as_slice(), &material].concat(),
+        );
+        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let key = AeadKey::new(AeadAlg::Aes256Gcm, &material).map_err(|e| e.to_string())?;
+        Ok(Self { key, id })
+    }
+
+    /// Loads the key: from `env_value` when given, else from `file`, generating the file
+    /// (0600) when it is missing and `generate` is set.
+    pub(crate) fn load(
+        env_value: Option<&str>,
+        file: &Path,
+        generate: bool,
+        rng: &SystemRandom,
+    ) -> Result<Self, String> {
+        if let Some(value) = env_value {
+            return Self::from_bytes(value.as_bytes())
+                .map_err(|reason| format!("the master key variable: {reason}"));
+        }
+        match std::fs::read(file) {
+            Ok(bytes) => Self::from_bytes(&Zeroizing::new(bytes))
+                .map_err(|reason| format!("{}: {reason}", file.display())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && generate => {
+                let material = crypto::random(rng, 32).map_err(|e| e.to_string())?;
+                write_private(file, &material)
+                    .map_err(|error| format!("creating {}: {error}", file.display()))?;
+                tracing::info!(path = %file.display(), "generated a new master key");
+                Self::from_bytes(&material)
+            }
+            Err(error) => Err(format!("reading {}: {error}", file.display())),
+        }
+    }
+
+    /// The key's id (a digest prefix, safe to store and log).
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What binds a wrapped blob to its key and version, so blobs cannot be swapped.
+    fn aad(name: &str, version: u32) -> Vec<u8> {
+        format!("omnimesh key {name} v{version}").into_bytes()
+    }
+
+    pub(crate) fn wrap(
+        &self,
+        rng: &SystemRandom,
+        name: &str,
+        version: u32,
+        secret: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
+        self.key.seal(rng, &Self::aad(name, version), secret)
+    }
+
+    pub(crate) fn unwrap(
+        &self,
+        name: &str,
+        version: u32,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EngineError> {
+        self.key
+            .open(&Self::aad(name, version), wrapped)
+            .map(Zeroizing::new)
+            .map_err(|_| {
+                tracing::error!(key = name, version, "a stored key version does not unwrap");
+                EngineError::Internal
+            })
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn generated_once_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nested").join("master.key");
+        let rng = SystemRandom::new();
+        let first = MasterKey::load(None, &file, true, &rng).unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = MasterKey::load(None, &file, true, &rng).unwrap();
+        assert_eq!(first.id(), again.id());
+        let wrapped = first.wrap(&rng, "k", 1, b"secret").unwrap();
+        assert_eq!(
+            again.unwrap("k", 1, &wrapped).unwrap().as_slice(),
+            b"secret"
+        );
+        // Bound to the key and version.
+        assert!(again.unwrap("k", 2, &wrapped).is_err());
+        assert!(again.unwrap("other", 1, &wrapped).is_err());
+    }
+
+    #[test]
+    fn formats_and_errors() {
+        let rng = SystemRandom::new();
+        let hex = "00".repeat(32);
+        let b64 = base64::engine::general_purpose::STANDARD.encode([0_u8; 32]);
+        let a = MasterKey::load(Some(&hex), Path::new("/nonexistent"), false, &rng).unwrap();
+        let b = MasterKey::load(Some(&b64), Path::new("/nonexistent"), false, &rng).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert!(MasterKey::load(Some("short"), Path::new("/x"), false, &rng).is_err());
+        let missing = MasterKey::load(None, Path::new("/nonexistent/key"), false, &rng);
+        assert!(missing.unwrap_err().contains("/nonexistent/key"));
+        // The id is not the key.
+        assert!(!format!("{a:?}").contains(&hex));
+    }
+}

@@ -1,0 +1,420 @@
+//! The keyring: named, versioned keys with Vault Transit semantics.
+//!
+//! [`model`] holds the rules (pure), [`store`] the persistence (sqlx: SQLite or
+//! PostgreSQL), [`master`] the wrapping key. [`Keyring`] ties them together: it
+//! generates material from `ring::rand::SystemRandom`, wraps it before it is stored,
+//! keeps unwrapped versions in a bounded cache (zeroized when evicted) and key metadata
+//! in a short-lived cache, and counts seals per version against the nonce budget.
+
+pub(crate) mod master;
+pub(crate) mod model;
+pub(crate) mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ring::rand::SystemRandom;
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, AeadAlg, AeadKey, Signer};
+use crate::error::EngineError;
+use master::MasterKey;
+use model::{ConfigUpdate, KeyMeta, KeyType, VersionMeta};
+use store::KeyStore;
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// A version's usable material.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per cached version, always behind an Arc"
+)]
+pub(crate) enum Material {
+    /// An AEAD key; the raw bytes are kept for derivation.
+    Aead {
+        alg: AeadAlg,
+        key: AeadKey,
+        raw: Zeroizing<Vec<u8>>,
+    },
+    Signer(Signer),
+    Hmac(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Material::Aead { .. } => "Material::Aead(..)",
+            Material::Signer(_) => "Material::Signer(..)",
+            Material::Hmac(_) => "Material::Hmac(..)",
+        })
+    }
+}
+
+/// Secret material (to be wrapped) and the public key when there is one.
+type Generated = (Zeroizing<Vec<u8>>, Option<Vec<u8>>);
+
+impl Material {
+    /// New secret material for `key_type`, and the public key when there is one.
+    fn generate(key_type: KeyType, rng: &SystemRandom) -> Result<Generated, EngineError> {
+        Ok(match key_type {
+            KeyType::Aes256Gcm | KeyType::ChaCha20Poly1305 | KeyType::HmacSha256 => {
+                (crypto::random(rng, 32)?, None)
+            }
+            KeyType::Ed25519 => {
+                let pkcs8 = Signer::generate_ed25519(rng)?;
+                let public = Signer::ed25519(&pkcs8)?.public_key();
+                (pkcs8, Some(public))
+            }
+            KeyType::EcdsaP256 => {
+                let pkcs8 = Signer::generate_p256(rng)?;
+                let public = Signer::p256(&pkcs8, rng)?.public_key();
+                (pkcs8, Some(public))
+            }
+        })
+    }
+
+    /// Material from its stored secret.
+    fn load(
+        key_type: KeyType,
+        secret: Zeroizing<Vec<u8>>,
+        rng: &SystemRandom,
+    ) -> Result<Self, EngineError> {
+        Ok(match key_type {
+            KeyType::Aes256Gcm | KeyType::ChaCha20Poly1305 => {
+                let alg = if key_type == KeyType::Aes256Gcm {
+                    AeadAlg::Aes256Gcm
+                } else {
+                    AeadAlg::ChaCha20Poly1305
+                };
+                Material::Aead {
+                    alg,
+                    key: AeadKey::new(alg, &secret)?,
+                    raw: secret,
+                }
+            }
+            KeyType::HmacSha256 => Material::Hmac(secret),
+            KeyType::Ed25519 => Material::Signer(Signer::ed25519(&secret)?),
+            KeyType::EcdsaP256 => Material::Signer(Signer::p256(&secret, rng)?),
+        })
+    }
+}
+
+/// A cached, unwrapped version and its seal counter.
+#[derive(Debug)]
+pub(crate) struct VersionHandle {
+    pub(crate) material: Material,
+    /// Seals known when it was loaded plus those made since.
+    seals: AtomicU64,
+}
+
+/// How the keyring is sized.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyringLimits {
+    /// Unwrapped versions kept in memory.
+    pub(crate) cache_versions: usize,
+    /// How long key metadata read from the store is trusted (another replica's change
+    /// is seen within this).
+    pub(crate) metadata_ttl: Duration,
+    /// Seals one AEAD version may make before it must be rotated (2^32 for random
+    /// 96-bit GCM nonces).
+    pub(crate) max_seals_per_version: u64,
+}
+
+/// The keyring.
+pub(crate) struct Keyring {
+    store: KeyStore,
+    master: MasterKey,
+    rng: SystemRandom,
+    limits: KeyringLimits,
+    metas: quick_cache::sync::Cache<String, (Arc<KeyMeta>, Instant)>,
+    versions: quick_cache::sync::Cache<(String, u32), Arc<VersionHandle>>,
+    /// Seals not yet written to the store.
+    pending_seals: Mutex<HashMap<(String, u32), u64>>,
+    /// Serialises this process's changes to keys (replicas are serialised by revision).
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("master", &self.master)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    pub(crate) fn new(store: KeyStore, master: MasterKey, limits: KeyringLimits) -> Self {
+        Self {
+            store,
+            master,
+            rng: SystemRandom::new(),
+            metas: quick_cache::sync::Cache::new(4096),
+            versions: quick_cache::sync::Cache::new(limits.cache_versions.max(1)),
+            pending_seals: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+            limits,
+        }
+    }
+
+    pub(crate) fn rng(&self) -> &SystemRandom {
+        &self.rng
+    }
+
+    fn remember(&self, meta: KeyMeta) -> Arc<KeyMeta> {
+        let meta = Arc::new(meta);
+        self.metas
+            .insert(meta.name.clone(), (Arc::clone(&meta), Instant::now()));
+        meta
+    }
+
+    /// Creates a key with version 1.
+    pub(crate) async fn create(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        derived: bool,
+        update: ConfigUpdate,
+    ) -> Result<Arc<KeyMeta>, EngineError> {
+        model::validate_name("name", name)?;
+        let _change = self.changes.lock().await;
+        let now = now_ms();
+        let (secret, public_key) = Material::generate(key_type, &self.rng)?;
+        let mut meta = KeyMeta::new(
+            name.to_owned(),
+            key_type,
+            derived,
+            now,
+            VersionMeta {
+                version: 1,
+                created_at_ms: now,
+                public_key,
+            },
+        )?;
+        if update != ConfigUpdate::default() {
+            meta.update(update, now)?;
+            meta.revision = 1;
+        }
+        let wrapped = self.master.wrap(&self.rng, name, 1, &secret)?;
+        self.store.insert(&meta, &wrapped, self.master.id()).await?;
+        Ok(self.remember(meta))
+    }
+
+    /// A key's metadata (cached for `metadata_ttl`).
+    pub(crate) async fn get(&self, name: &str) -> Result<Arc<KeyMeta>, EngineError> {
+        model::validate_name("key_name", name)?;
+        if let Some((meta, at)) = self.metas.get(name)
+            && at.elapsed() < self.limits.metadata_ttl
+        {
+            return Ok(meta);
+        }
+        self.fresh(name).await
+    }
+
+    async fn fresh(&self, name: &str) -> Result<Arc<KeyMeta>, EngineError> {
+        match self.store.load(name).await? {
+            Some(meta) => Ok(self.remember(meta)),
+            None => {
+                self.metas.remove(name);
+                Err(EngineError::NotFound(name.to_owned()))
+            }
+        }
+    }
+
+    /// Keys after `after` in name order, at most `limit`.
+    pub(crate) async fn list(&self, after: &str, limit: u32) -> Result<Vec<KeyMeta>, EngineError> {
+        self.store.list(after, limit).await
+    }
+
+    /// Adds a version.
+    pub(crate) async fn rotate(&self, name: &str) -> Result<Arc<KeyMeta>, EngineError> {
+        model::validate_name("name", name)?;
+        let _change = self.changes.lock().await;
+        let mut meta = (*self.fresh(name).await?).clone();
+        let (secret, public_key) = Material::generate(meta.key_type, &self.rng)?;
+        let version = meta.rotate(now_ms(), public_key)?;
+        let wrapped = self.master.wrap(&self.rng, name, version, &secret)?;
+        self.store
+            .add_version(&meta, &wrapped, self.master.id())
+            .await?;
+        Ok(self.remember(meta))
+    }
+
+    /// Changes the configuration.
+    pub(crate) async fn update(
+        &self,
+        name: &str,
+        update: ConfigUpdate,
+    ) -> Result<Arc<KeyMeta>, EngineError> {
+        model::validate_name("name", name)?;
+        let _change = self.changes.lock().await;
+        let mut meta = (*self.fresh(name).await?).clone();
+        meta.update(update, now_ms())?;
+        self.store.save_config(&meta).await?;
+        Ok(self.remember(meta))
+    }
+
+    /// Destroys versions below `min_available`.
+    pub(crate) async fn trim(
+        &self,
+        name: &str,
+        min_available: u32,
+    ) -> Result<Arc<KeyMeta>, EngineError> {
+        model::validate_name("name", name)?;
+        let _change = self.changes.lock().await;
+        let mut meta = (*self.fresh(name).await?).clone();
+        let destroyed = meta.trim(min_available, now_ms())?;
+        self.store.save_config(&meta).await?;
+        for version in destroyed {
+            self.versions.remove(&(name.to_owned(), version));
+        }
+        Ok(self.remember(meta))
+    }
+
+    /// Deletes a key that allows it.
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), EngineError> {
+        model::validate_name("name", name)?;
+        let _change = self.changes.lock().await;
+        let meta = self.fresh(name).await?;
+        meta.check_deletable()?;
+        self.flush_seals().await;
+        self.store.delete(name).await?;
+        self.metas.remove(name);
+        for version in meta.versions.iter().map(|version| version.version) {
+            self.versions.remove(&(name.to_owned(), version));
+        }
+        Ok(())
+    }
+
+    /// The unwrapped material of `version` (cached).
+    pub(crate) async fn version(
+        &self,
+        meta: &KeyMeta,
+        version: u32,
+    ) -> Result<Arc<VersionHandle>, EngineError> {
+        let cache_key = (meta.name.clone(), version);
+        if let Some(handle) = self.versions.get(&cache_key) {
+            return Ok(handle);
+        }
+        let wrapped = self
+            .store
+            .wrapped(&meta.name, version)
+            .await?
+            .ok_or(EngineError::DecryptionFailed)?;
+        if wrapped.master_key_id != self.master.id() {
+            tracing::error!(
+                key = %meta.name,
+                version,
+                stored = %wrapped.master_key_id,
+                loaded = %self.master.id(),
+                "a key version was wrapped by another master key"
+            );
+            return Err(EngineError::Internal);
+        }
+        let secret = self.master.unwrap(&meta.name, version, &wrapped.material)?;
+        let material = Material::load(meta.key_type, secret, &self.rng)?;
+        let seals = self
+            .store
+            .seal_counts(&meta.name)
+            .await?
+            .into_iter()
+            .find_map(|(v, seals)| (v == version).then_some(seals))
+            .unwrap_or_default();
+        let handle = Arc::new(VersionHandle {
+            material,
+            seals: AtomicU64::new(seals + self.pending(&meta.name, version)),
+        });
+        self.versions.insert(cache_key, Arc::clone(&handle));
+        Ok(handle)
+    }
+
+    fn pending(&self, name: &str, version: u32) -> u64 {
+        self.pending_seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(name.to_owned(), version))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Reserves `count` seals of `version`; refuses when the nonce budget would be
+    /// exceeded.
+    pub(crate) fn reserve_seals(
+        &self,
+        meta: &KeyMeta,
+        version: u32,
+        handle: &VersionHandle,
+        count: u64,
+    ) -> Result<(), EngineError> {
+        let budget = self.limits.max_seals_per_version;
+        let before = handle.seals.fetch_add(count, Ordering::Relaxed);
+        if before.saturating_add(count) > budget {
+            handle.seals.fetch_sub(count, Ordering::Relaxed);
+            return Err(EngineError::FailedPrecondition(format!(
+                "key `{}` version {version} has used its budget of {budget} seals; rotate the key",
+                meta.name
+            )));
+        }
+        *self
+            .pending_seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((meta.name.clone(), version))
+            .or_default() += count;
+        Ok(())
+    }
+
+    /// Seal counts per version: stored plus not yet flushed.
+    pub(crate) async fn seal_counts(&self, name: &str) -> Result<HashMap<u32, u64>, EngineError> {
+        let mut counts: HashMap<u32, u64> =
+            self.store.seal_counts(name).await?.into_iter().collect();
+        for ((key, version), seals) in self
+            .pending_seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            if key == name {
+                *counts.entry(*version).or_default() += seals;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Writes pending seal counts to the store (periodically, and at shutdown).
+    pub(crate) async fn flush_seals(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .pending_seals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for ((name, version), seals) in pending {
+            if self.store.add_seals(&name, version, seals).await.is_err() {
+                // Keep them for the next flush.
+                *self
+                    .pending_seals
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry((name, version))
+                    .or_default() += seals;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &KeyStore {
+        &self.store
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,438 @@
+//! Persistence of keys through sqlx: SQLite (the embedded default, WAL mode) or
+//! PostgreSQL, one code path over `sqlx::Any`, migrations per backend.
+//!
+//! Every change that touches more than one row is one transaction, so a failure halfway
+//! leaves nothing half-written; changes to a key's versions are conditional on the
+//! version the caller read, so of two concurrent rotations one wins and the other gets
+//! `ABORTED`.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row as _};
+
+use super::model::{KeyMeta, KeyType, Retention, VersionMeta};
+use crate::error::EngineError;
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// The key store.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyStore {
+    pool: AnyPool,
+}
+
+/// A version's wrapped material as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct Wrapped {
+    pub(crate) material: Vec<u8>,
+    pub(crate) master_key_id: String,
+}
+
+fn to_i64(value: u32) -> i64 {
+    i64::from(value)
+}
+
+fn to_u32(value: i64) -> Result<u32, EngineError> {
+    u32::try_from(value).map_err(|_| {
+        tracing::error!(value, "a stored version number is out of range");
+        EngineError::Internal
+    })
+}
+
+fn store_error(error: sqlx::Error) -> EngineError {
+    EngineError::store(&error)
+}
+
+impl KeyStore {
+    /// Opens (creating a SQLite file and its directory when needed) and migrates.
+    pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Self, crate::Error> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(url).ok_or_else(|| {
+            crate::Error::Store(sqlx::Error::Configuration(
+                "the database URL must start with sqlite: or postgres:".into(),
+            ))
+        })?;
+        let mut url = url.to_owned();
+        if backend == Backend::Sqlite {
+            let path = url
+                .trim_start_matches("sqlite:")
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if !path.is_empty() && path != ":memory:" {
+                if let Some(parent) = std::path::Path::new(&path).parent() {
+                    std::fs::create_dir_all(parent).map_err(|error| {
+                        crate::Error::Store(sqlx::Error::Configuration(
+                            format!("creating {}: {error}", parent.display()).into(),
+                        ))
+                    })?;
+                }
+                if !url.contains("mode=") {
+                    url.push_str(if url.contains('?') {
+                        "&mode=rwc"
+                    } else {
+                        "?mode=rwc"
+                    });
+                }
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 5000",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *connection).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
+        }
+        Ok(Self { pool })
+    }
+
+    /// Stores a new key with its first version, atomically.
+    pub(crate) async fn insert(
+        &self,
+        key: &KeyMeta,
+        wrapped: &[u8],
+        master_key_id: &str,
+    ) -> Result<(), EngineError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let inserted = sqlx::query(
+            "INSERT INTO engine_keys (name, key_type, derived, min_decryption_version, \
+             min_encryption_version, min_available_version, deletion_allowed, \
+             keep_last_versions, max_age_seconds, latest_version, created_at_ms, updated_at_ms, \
+             revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&key.name)
+        .bind(key.key_type.as_str())
+        .bind(i64::from(key.derived))
+        .bind(to_i64(key.min_decryption_version))
+        .bind(to_i64(key.min_encryption_version))
+        .bind(to_i64(key.min_available_version))
+        .bind(i64::from(key.deletion_allowed))
+        .bind(to_i64(key.retention.keep_last))
+        .bind(max_age_seconds(&key.retention))
+        .bind(to_i64(key.latest_version))
+        .bind(key.created_at_ms)
+        .bind(key.updated_at_ms)
+        .bind(key.revision)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                return Err(EngineError::AlreadyExists(key.name.clone()));
+            }
+            other => other.map_err(store_error)?,
+        };
+        let first = key.versions.last().ok_or(EngineError::Internal)?;
+        insert_version(&mut tx, &key.name, first, wrapped, master_key_id).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    /// A key's metadata, with its live versions.
+    pub(crate) async fn load(&self, name: &str) -> Result<Option<KeyMeta>, EngineError> {
+        let row = sqlx::query("SELECT * FROM engine_keys WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut key = key_from_row(&row)?;
+        key.versions = self.versions(name, key.min_available_version).await?;
+        Ok(Some(key))
+    }
+
+    async fn versions(&self, name: &str, from: u32) -> Result<Vec<VersionMeta>, EngineError> {
+        sqlx::query(
+            "SELECT version, created_at_ms, public_key FROM engine_key_versions \
+             WHERE key_name = $1 AND version >= $2 ORDER BY version",
+        )
+        .bind(name)
+        .bind(to_i64(from))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| {
+            Ok(VersionMeta {
+                version: to_u32(row.try_get("version").map_err(store_error)?)?,
+                created_at_ms: row.try_get("created_at_ms").map_err(store_error)?,
+                public_key: row.try_get("public_key").map_err(store_error)?,
+            })
+        })
+        .collect()
+    }
+
+    /// Keys in name order after `after`, at most `limit`.
+    pub(crate) async fn list(&self, after: &str, limit: u32) -> Result<Vec<KeyMeta>, EngineError> {
+        let rows = sqlx::query("SELECT * FROM engine_keys WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(after)
+            .bind(to_i64(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut key = key_from_row(row)?;
+            key.versions = self.versions(&key.name, key.min_available_version).await?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// A version's wrapped material; `None` when trimmed or missing.
+    pub(crate) async fn wrapped(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<Wrapped>, EngineError> {
+        let row = sqlx::query(
+            "SELECT wrapped, master_key_id FROM engine_key_versions \
+             WHERE key_name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(to_i64(version))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let material: Option<Vec<u8>> = row.try_get("wrapped").map_err(store_error)?;
+        Ok(material.map(|material| Wrapped {
+            material,
+            master_key_id: row.try_get("master_key_id").unwrap_or_default(),
+        }))
+    }
+
+    /// Stores a rotation: the new latest version and its material, only if the key is
+    /// still at `key.revision - 1`.
+    pub(crate) async fn add_version(
+        &self,
+        key: &KeyMeta,
+        wrapped: &[u8],
+        master_key_id: &str,
+    ) -> Result<(), EngineError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let updated = sqlx::query(
+            "UPDATE engine_keys SET latest_version = $1, updated_at_ms = $2, revision = $3 \
+             WHERE name = $4 AND revision = $5",
+        )
+        .bind(to_i64(key.latest_version))
+        .bind(key.updated_at_ms)
+        .bind(key.revision)
+        .bind(&key.name)
+        .bind(key.revision - 1)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if updated.rows_affected() != 1 {
+            return Err(EngineError::Aborted(format!(
+                "key `{}` changed concurrently; retry",
+                key.name
+            )));
+        }
+        let version = key.versions.last().ok_or(EngineError::Internal)?;
+        insert_version(&mut tx, &key.name, version, wrapped, master_key_id).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    /// Stores the configuration (minimums, deletion, retention) and trims material below
+    /// the minimum available version, atomically; only if the key is still at
+    /// `key.revision - 1`.
+    pub(crate) async fn save_config(&self, key: &KeyMeta) -> Result<(), EngineError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let updated = sqlx::query(
+            "UPDATE engine_keys SET min_decryption_version = $1, min_encryption_version = $2, \
+             min_available_version = $3, deletion_allowed = $4, keep_last_versions = $5, \
+             max_age_seconds = $6, updated_at_ms = $7, revision = $8 \
+             WHERE name = $9 AND revision = $10",
+        )
+        .bind(to_i64(key.min_decryption_version))
+        .bind(to_i64(key.min_encryption_version))
+        .bind(to_i64(key.min_available_version))
+        .bind(i64::from(key.deletion_allowed))
+        .bind(to_i64(key.retention.keep_last))
+        .bind(max_age_seconds(&key.retention))
+        .bind(key.updated_at_ms)
+        .bind(key.revision)
+        .bind(&key.name)
+        .bind(key.revision - 1)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if updated.rows_affected() != 1 {
+            return Err(EngineError::Aborted(format!(
+                "key `{}` changed concurrently; retry",
+                key.name
+            )));
+        }
+        sqlx::query(
+            "UPDATE engine_key_versions SET wrapped = NULL WHERE key_name = $1 AND version < $2",
+        )
+        .bind(&key.name)
+        .bind(to_i64(key.min_available_version))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    /// Deletes a key and every version; whether it existed.
+    pub(crate) async fn delete(&self, name: &str) -> Result<bool, EngineError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query("DELETE FROM engine_key_versions WHERE key_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let deleted = sqlx::query("DELETE FROM engine_keys WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    /// Adds seal counts (flushed from memory).
+    pub(crate) async fn add_seals(
+        &self,
+        name: &str,
+        version: u32,
+        seals: u64,
+    ) -> Result<(), EngineError> {
+        sqlx::query(
+            "UPDATE engine_key_versions SET seal_count = seal_count + $1 \
+             WHERE key_name = $2 AND version = $3",
+        )
+        .bind(i64::try_from(seals).unwrap_or(i64::MAX))
+        .bind(name)
+        .bind(to_i64(version))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Stored seal counts per version.
+    pub(crate) async fn seal_counts(&self, name: &str) -> Result<Vec<(u32, u64)>, EngineError> {
+        sqlx::query("SELECT version, seal_count FROM engine_key_versions WHERE key_name = $1")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(|row| {
+                let version = to_u32(row.try_get("version").map_err(store_error)?)?;
+                let seals: i64 = row.try_get("seal_count").map_err(store_error)?;
+                Ok((version, u64::try_from(seals).unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    /// The pool, for tests that inspect or sabotage the database.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+fn max_age_seconds(retention: &Retention) -> i64 {
+    retention
+        .max_age
+        .map_or(0, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
+}
+
+async fn insert_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    name: &str,
+    version: &VersionMeta,
+    wrapped: &[u8],
+    master_key_id: &str,
+) -> Result<(), EngineError> {
+    let inserted = sqlx::query(
+        "INSERT INTO engine_key_versions \
+         (key_name, version, wrapped, master_key_id, public_key, seal_count, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6)",
+    )
+    .bind(name)
+    .bind(to_i64(version.version))
+    .bind(wrapped)
+    .bind(master_key_id)
+    .bind(version.public_key.clone())
+    .bind(version.created_at_ms)
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Err(
+            EngineError::Aborted(format!("key `{name}` changed concurrently; retry")),
+        ),
+        other => other.map(|_| ()).map_err(store_error),
+    }
+}
+
+fn key_from_row(row: &AnyRow) -> Result<KeyMeta, EngineError> {
+    let get_i64 = |column: &str| -> Result<i64, EngineError> {
+        row.try_get::<i64, _>(column).map_err(store_error)
+    };
+    let key_type: String = row.try_get("key_type").map_err(store_error)?;
+    let max_age = get_i64("max_age_seconds")?;
+    Ok(KeyMeta {
+        name: row.try_get("name").map_err(store_error)?,
+        key_type: KeyType::parse(&key_type).ok_or_else(|| {
+            tracing::error!(key_type, "unknown stored key type");
+            EngineError::Internal
+        })?,
+        derived: get_i64("derived")? != 0,
+        min_decryption_version: to_u32(get_i64("min_decryption_version")?)?,
+        min_encryption_version: to_u32(get_i64("min_encryption_version")?)?,
+        min_available_version: to_u32(get_i64("min_available_version")?)?,
+        deletion_allowed: get_i64("deletion_allowed")? != 0,
+        retention: Retention {
+            keep_last: to_u32(get_i64("keep_last_versions")?)?,
+            max_age: (max_age > 0).then(|| Duration::from_secs(max_age.unsigned_abs())),
+        },
+        latest_version: to_u32(get_i64("latest_version")?)?,
+        created_at_ms: get_i64("created_at_ms")?,
+        updated_at_ms: get_i64("updated_at_ms")?,
+        revision: get_i64("revision")?,
+        versions: Vec::new(),
+    })
+}

@@ -1,0 +1,330 @@
+//! The keyring on the real databases: every test runs on SQLite (a temporary file) and on
+//! PostgreSQL (a fresh database on 127.0.0.1:5432).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::rand::SystemRandom;
+use sqlx::Row as _;
+
+use super::master::MasterKey;
+use super::model::{ConfigUpdate, KeyType};
+use super::store::KeyStore;
+use super::{Keyring, KeyringLimits, Material};
+use crate::error::EngineError;
+
+const LIMITS: KeyringLimits = KeyringLimits {
+    cache_versions: 16,
+    metadata_ttl: Duration::ZERO,
+    max_seals_per_version: 10,
+};
+
+fn master(byte: u8) -> MasterKey {
+    MasterKey::from_bytes(&[byte; 32]).unwrap()
+}
+
+async fn keyring(url: &str, master_byte: u8) -> Keyring {
+    Keyring::new(
+        KeyStore::open(url, 4).await.unwrap(),
+        master(master_byte),
+        LIMITS,
+    )
+}
+
+/// Runs `test` on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($name:ident, $test:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+                super::$test(&url, Backend::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let database = omnimesh_test_support::postgres::TempDatabase::create()
+                    .await
+                    .expect("PostgreSQL on 127.0.0.1:5432");
+                super::$test(database.url(), Backend::Postgres).await;
+            }
+
+            use super::Backend;
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+on_both!(lifecycle_follows_vault_transit, lifecycle);
+async fn lifecycle(url: &str, _: Backend) {
+    let keyring = keyring(url, 1).await;
+    let created = keyring
+        .create(
+            "payments",
+            KeyType::Aes256Gcm,
+            false,
+            ConfigUpdate::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.latest_version, 1);
+    assert_eq!(
+        keyring
+            .create("payments", KeyType::Ed25519, false, ConfigUpdate::default())
+            .await
+            .unwrap_err(),
+        EngineError::AlreadyExists("payments".into())
+    );
+    assert_eq!(
+        keyring.get("nope").await.unwrap_err(),
+        EngineError::NotFound("nope".into())
+    );
+    for _ in 0..3 {
+        keyring.rotate("payments").await.unwrap();
+    }
+    let key = keyring.get("payments").await.unwrap();
+    assert_eq!(key.latest_version, 4);
+    assert_eq!(
+        key.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // Trim: raise the minimum, then destroy below it; the material is gone from the row.
+    keyring
+        .update(
+            "payments",
+            ConfigUpdate {
+                min_decryption_version: Some(3),
+                ..ConfigUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let trimmed = keyring.trim("payments", 3).await.unwrap();
+    assert_eq!(trimmed.min_available_version, 3);
+    let destroyed: Vec<Option<Vec<u8>>> = sqlx::query(
+        "SELECT wrapped FROM engine_key_versions WHERE key_name = 'payments' ORDER BY version",
+    )
+    .fetch_all(keyring.store().pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.try_get("wrapped").unwrap())
+    .collect();
+    assert_eq!(destroyed.iter().filter(|w| w.is_none()).count(), 2);
+    assert!(destroyed[2].is_some() && destroyed[3].is_some());
+    // Deletion must be allowed first.
+    assert!(matches!(
+        keyring.delete("payments").await,
+        Err(EngineError::FailedPrecondition(_))
+    ));
+    keyring
+        .update(
+            "payments",
+            ConfigUpdate {
+                deletion_allowed: Some(true),
+                ..ConfigUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    keyring.delete("payments").await.unwrap();
+    assert!(matches!(
+        keyring.get("payments").await,
+        Err(EngineError::NotFound(_))
+    ));
+    let rows: i64 = sqlx::query("SELECT COUNT(*) AS n FROM engine_key_versions")
+        .fetch_one(keyring.store().pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+on_both!(material_is_stored_wrapped_and_survives_a_restart, restart);
+async fn restart(url: &str, _: Backend) {
+    let rng = SystemRandom::new();
+    let sealed = {
+        let keyring = keyring(url, 7).await;
+        let meta = keyring
+            .create("k", KeyType::Aes256Gcm, false, ConfigUpdate::default())
+            .await
+            .unwrap();
+        let handle = keyring.version(&meta, 1).await.unwrap();
+        let Material::Aead { key, raw, .. } = &handle.material else {
+            panic!("an AEAD key");
+        };
+        // The stored blob is not the key.
+        let stored: Vec<u8> = sqlx::query("SELECT wrapped FROM engine_key_versions")
+            .fetch_one(keyring.store().pool())
+            .await
+            .unwrap()
+            .try_get("wrapped")
+            .unwrap();
+        assert!(
+            !stored
+                .windows(raw.len())
+                .any(|window| window == raw.as_slice())
+        );
+        key.seal(&rng, b"ad", b"hello").unwrap()
+    };
+    let again = keyring(url, 7).await;
+    let meta = again.get("k").await.unwrap();
+    let handle = again.version(&meta, 1).await.unwrap();
+    let Material::Aead { key, .. } = &handle.material else {
+        panic!("an AEAD key");
+    };
+    assert_eq!(key.open(b"ad", &sealed).unwrap(), b"hello");
+    // Another master key cannot unwrap it, and says nothing about why to the caller.
+    let wrong = keyring(url, 8).await;
+    let meta = wrong.get("k").await.unwrap();
+    assert_eq!(
+        wrong.version(&meta, 1).await.unwrap_err(),
+        EngineError::Internal
+    );
+}
+
+on_both!(
+    a_failure_between_generating_and_storing_leaves_nothing,
+    half_written
+);
+async fn half_written(url: &str, backend: Backend) {
+    let keyring = keyring(url, 1).await;
+    let pool = keyring.store().pool();
+    keyring
+        .create("rot", KeyType::HmacSha256, false, ConfigUpdate::default())
+        .await
+        .unwrap();
+    // A real failure inside the database, on the second insert of the transaction.
+    let statements: &[&str] = match backend {
+        Backend::Sqlite => &[
+            "CREATE TRIGGER boom BEFORE INSERT ON engine_key_versions WHEN NEW.key_name IN ('boom', 'rot') \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        ],
+        Backend::Postgres => &[
+            "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN \
+             IF NEW.key_name IN ('boom', 'rot') THEN RAISE EXCEPTION 'injected failure'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER boom BEFORE INSERT ON engine_key_versions \
+             FOR EACH ROW EXECUTE FUNCTION boom()",
+        ],
+    };
+    for statement in statements {
+        sqlx::query(*statement).execute(pool).await.unwrap();
+    }
+    let failed = keyring
+        .create("boom", KeyType::HmacSha256, false, ConfigUpdate::default())
+        .await;
+    assert_eq!(failed.unwrap_err(), EngineError::Internal);
+    let keys: i64 = sqlx::query("SELECT COUNT(*) AS n FROM engine_keys WHERE name = 'boom'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(keys, 0, "the key row was rolled back with the version");
+    assert!(matches!(
+        keyring.get("boom").await,
+        Err(EngineError::NotFound(_))
+    ));
+    // A rotation that fails the same way leaves the key as it was.
+    assert_eq!(
+        keyring.rotate("rot").await.unwrap_err(),
+        EngineError::Internal
+    );
+    let key = keyring.get("rot").await.unwrap();
+    assert_eq!(key.latest_version, 1);
+    assert_eq!(key.versions.len(), 1);
+    assert_eq!(key.revision, 1);
+}
+
+on_both!(
+    concurrent_replicas_rotate_without_losing_a_version,
+    concurrent
+);
+async fn concurrent(url: &str, _: Backend) {
+    let first = Arc::new(keyring(url, 3).await);
+    first
+        .create(
+            "shared",
+            KeyType::ChaCha20Poly1305,
+            false,
+            ConfigUpdate::default(),
+        )
+        .await
+        .unwrap();
+    // Four "replicas" (keyrings with their own caches and locks) on one database.
+    let mut replicas = vec![first];
+    for _ in 0..3 {
+        replicas.push(Arc::new(keyring(url, 3).await));
+    }
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        for _ in 0..5 {
+            let replica = Arc::clone(replica);
+            tasks.push(tokio::spawn(async move { replica.rotate("shared").await }));
+        }
+    }
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(EngineError::Aborted(_)) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        won >= 4,
+        "each replica's first rotation cannot lose to itself"
+    );
+    let key = replicas[0].get("shared").await.unwrap();
+    assert_eq!(key.latest_version, 1 + won);
+    let versions: Vec<u32> = key.versions.iter().map(|v| v.version).collect();
+    assert_eq!(
+        versions,
+        (1..=1 + won).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+}
+
+on_both!(seal_counts_are_persisted_and_enforce_the_budget, seals);
+async fn seals(url: &str, _: Backend) {
+    let first = keyring(url, 2).await;
+    let meta = first
+        .create("budget", KeyType::Aes256Gcm, false, ConfigUpdate::default())
+        .await
+        .unwrap();
+    let handle = first.version(&meta, 1).await.unwrap();
+    first.reserve_seals(&meta, 1, &handle, 6).unwrap();
+    first.flush_seals().await;
+    first.reserve_seals(&meta, 1, &handle, 4).unwrap();
+    assert!(matches!(
+        first.reserve_seals(&meta, 1, &handle, 1),
+        Err(EngineError::FailedPrecondition(_))
+    ));
+    assert_eq!(first.seal_counts("budget").await.unwrap()[&1], 10);
+    first.flush_seals().await;
+    // A restarted engine knows the count: the budget holds across restarts.
+    let again = keyring(url, 2).await;
+    let handle = again.version(&meta, 1).await.unwrap();
+    assert!(again.reserve_seals(&meta, 1, &handle, 1).is_err());
+    // A new version has a fresh budget.
+    let rotated = again.rotate("budget").await.unwrap();
+    let handle = again.version(&rotated, 2).await.unwrap();
+    again.reserve_seals(&rotated, 2, &handle, 1).unwrap();
+}
+
+#[tokio::test]
+async fn a_database_url_of_another_kind_is_refused() {
+    let error = KeyStore::open("mysql://localhost/x", 1).await.unwrap_err();
+    assert!(
+        error.to_string().contains("sqlite: or postgres:"),
+        "{error}"
+    );
+}

@@ -1,0 +1,544 @@
+//! The data operations: batch-native, one result or error per item, `reference` echoed.
+//! Whole-request problems (unknown key, wrong key type, version below a minimum for the
+//! version asked for) fail the call; problems of one item fail only that item.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use omnimesh_proto::engine::v1 as pb;
+use ring::rand::SystemRandom;
+
+use super::convert;
+use crate::crypto::{self, AeadKey, envelope};
+use crate::error::EngineError;
+use crate::keys::model::{KeyMeta, KeyType};
+use crate::keys::{Keyring, Material, VersionHandle, now_ms};
+
+/// Batches whose payload is larger than this run on the blocking pool, not on a tokio
+/// worker.
+const INLINE_BYTES: usize = 256 * 1024;
+
+async fn off_the_runtime<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EngineError> {
+    if bytes <= INLINE_BYTES {
+        Ok(work())
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| EngineError::Internal)
+    }
+}
+
+fn require(meta: &KeyMeta, ok: bool, what: &str) -> Result<(), EngineError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::FailedPrecondition(format!(
+            "key `{}` is {}; it cannot {what}",
+            meta.name,
+            meta.key_type.as_str()
+        )))
+    }
+}
+
+/// Runs `f` with the AEAD key for an item: the version's key, or one derived from
+/// `context` for derived keys.
+fn with_aead<R>(
+    handle: &VersionHandle,
+    derived: bool,
+    context: &[u8],
+    index: usize,
+    f: impl FnOnce(&AeadKey) -> Result<R, EngineError>,
+) -> Result<R, EngineError> {
+    let Material::Aead { alg, key, raw } = &handle.material else {
+        return Err(EngineError::Internal);
+    };
+    match (derived, context.is_empty()) {
+        (true, true) => Err(EngineError::invalid(
+            format!("items[{index}].context"),
+            "required: the key is derived",
+        )),
+        (false, false) => Err(EngineError::invalid(
+            format!("items[{index}].context"),
+            "must be empty: the key is not derived",
+        )),
+        (true, false) => f(&AeadKey::new(*alg, &crypto::derive(raw, context)?)?),
+        (false, true) => f(key),
+    }
+}
+
+/// What seals an item: a version's handle, whether the key is derived, its number.
+struct SealWith<'a> {
+    handle: &'a VersionHandle,
+    derived: bool,
+    version: u32,
+}
+
+impl SealWith<'_> {
+    fn seal(
+        &self,
+        rng: &SystemRandom,
+        index: usize,
+        plaintext: &[u8],
+        associated_data: &[u8],
+        context: &[u8],
+    ) -> Result<String, EngineError> {
+        let version = self.version;
+        with_aead(self.handle, self.derived, context, index, |key| {
+            let body = key.seal(rng, &envelope::aad(version, associated_data), plaintext)?;
+            Ok(envelope::format(version, &body))
+        })
+    }
+}
+
+fn encrypt_result(
+    reference: String,
+    version: u32,
+    outcome: Result<String, EngineError>,
+) -> pb::EncryptResult {
+    pb::EncryptResult {
+        reference,
+        key_version: version,
+        outcome: Some(match outcome {
+            Ok(ciphertext) => pb::encrypt_result::Outcome::Ciphertext(ciphertext),
+            Err(error) => pb::encrypt_result::Outcome::Error(convert::item_error(&error)),
+        }),
+    }
+}
+
+pub(super) async fn encrypt(
+    keyring: &Keyring,
+    request: pb::EncryptRequest,
+) -> Result<Vec<pb::EncryptResult>, EngineError> {
+    let meta = keyring.get(&request.key_name).await?;
+    require(&meta, meta.key_type.encrypts(), "encrypt")?;
+    let version = meta.encryption_version(request.key_version, now_ms())?;
+    let handle = keyring.version(&meta, version).await?;
+    keyring.reserve_seals(&meta, version, &handle, request.items.len() as u64)?;
+    let bytes = request.items.iter().map(|item| item.plaintext.len()).sum();
+    let derived = meta.derived;
+    off_the_runtime(bytes, move || {
+        let rng = SystemRandom::new();
+        let with = SealWith {
+            handle: &handle,
+            derived,
+            version,
+        };
+        request
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let outcome = with.seal(
+                    &rng,
+                    index,
+                    &item.plaintext,
+                    &item.associated_data,
+                    &item.context,
+                );
+                encrypt_result(item.reference, version, outcome)
+            })
+            .collect()
+    })
+    .await
+}
+
+/// The handles of every version the parsed items need, or why each cannot be used.
+async fn handles_for(
+    keyring: &Keyring,
+    meta: &KeyMeta,
+    versions: impl Iterator<Item = u32>,
+) -> HashMap<u32, Result<Arc<VersionHandle>, EngineError>> {
+    let mut handles = HashMap::new();
+    let now = now_ms();
+    for version in versions {
+        if handles.contains_key(&version) {
+            continue;
+        }
+        let handle = match meta.check_decryption_version(version, now) {
+            Ok(()) => keyring.version(meta, version).await,
+            Err(error) => Err(error),
+        };
+        handles.insert(version, handle);
+    }
+    handles
+}
+
+struct Sealed {
+    version: u32,
+    body: Vec<u8>,
+}
+
+fn open(
+    handles: &HashMap<u32, Result<Arc<VersionHandle>, EngineError>>,
+    derived: bool,
+    index: usize,
+    parsed: &Result<Sealed, EngineError>,
+    associated_data: &[u8],
+    context: &[u8],
+) -> Result<Vec<u8>, EngineError> {
+    let sealed = parsed.as_ref().map_err(Clone::clone)?;
+    let handle = handles
+        .get(&sealed.version)
+        .ok_or(EngineError::Internal)?
+        .as_ref()
+        .map_err(Clone::clone)?;
+    with_aead(handle, derived, context, index, |key| {
+        key.open(
+            &envelope::aad(sealed.version, associated_data),
+            &sealed.body,
+        )
+    })
+}
+
+fn parse(index: usize, ciphertext: &str) -> Result<Sealed, EngineError> {
+    envelope::parse(&format!("items[{index}].ciphertext"), ciphertext)
+        .map(|(version, body)| Sealed { version, body })
+}
+
+pub(super) async fn decrypt(
+    keyring: &Keyring,
+    request: pb::DecryptRequest,
+) -> Result<Vec<pb::DecryptResult>, EngineError> {
+    let meta = keyring.get(&request.key_name).await?;
+    require(&meta, meta.key_type.encrypts(), "decrypt")?;
+    let parsed: Vec<Result<Sealed, EngineError>> = request
+        .items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| parse(index, &item.ciphertext))
+        .collect();
+    let handles = handles_for(
+        keyring,
+        &meta,
+        parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|s| s.version),
+    )
+    .await;
+    let bytes = request.items.iter().map(|item| item.ciphertext.len()).sum();
+    let derived = meta.derived;
+    off_the_runtime(bytes, move || {
+        request
+            .items
+            .into_iter()
+            .zip(parsed)
+            .enumerate()
+            .map(|(index, (item, parsed))| {
+                let outcome = open(
+                    &handles,
+                    derived,
+                    index,
+                    &parsed,
+                    &item.associated_data,
+                    &item.context,
+                );
+                pb::DecryptResult {
+                    reference: item.reference,
+                    outcome: Some(match outcome {
+                        Ok(plaintext) => pb::decrypt_result::Outcome::Plaintext(plaintext),
+                        Err(error) => {
+                            pb::decrypt_result::Outcome::Error(convert::item_error(&error))
+                        }
+                    }),
+                }
+            })
+            .collect()
+    })
+    .await
+}
+
+pub(super) async fn rewrap(
+    keyring: &Keyring,
+    request: pb::RewrapRequest,
+) -> Result<Vec<pb::EncryptResult>, EngineError> {
+    let meta = keyring.get(&request.key_name).await?;
+    require(&meta, meta.key_type.encrypts(), "rewrap")?;
+    let latest = meta.encryption_version(0, now_ms())?;
+    let target = keyring.version(&meta, latest).await?;
+    keyring.reserve_seals(&meta, latest, &target, request.items.len() as u64)?;
+    let parsed: Vec<Result<Sealed, EngineError>> = request
+        .items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| parse(index, &item.ciphertext))
+        .collect();
+    let handles = handles_for(
+        keyring,
+        &meta,
+        parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|s| s.version),
+    )
+    .await;
+    let bytes = request.items.iter().map(|item| item.ciphertext.len()).sum();
+    let derived = meta.derived;
+    off_the_runtime(bytes, move || {
+        let rng = SystemRandom::new();
+        request
+            .items
+            .into_iter()
+            .zip(parsed)
+            .enumerate()
+            .map(|(index, (item, parsed))| {
+                let outcome = open(
+                    &handles,
+                    derived,
+                    index,
+                    &parsed,
+                    &item.associated_data,
+                    &item.context,
+                )
+                .and_then(|plaintext| {
+                    let plaintext = zeroize::Zeroizing::new(plaintext);
+                    SealWith {
+                        handle: &target,
+                        derived,
+                        version: latest,
+                    }
+                    .seal(
+                        &rng,
+                        index,
+                        &plaintext,
+                        &item.associated_data,
+                        &item.context,
+                    )
+                });
+                encrypt_result(item.reference, latest, outcome)
+            })
+            .collect()
+    })
+    .await
+}
+
+pub(super) async fn generate_data_key(
+    keyring: &Keyring,
+    request: pb::GenerateDataKeyRequest,
+) -> Result<pb::GenerateDataKeyResponse, EngineError> {
+    let bits = match request.bits {
+        0 => 256,
+        bits @ (128 | 256 | 512) => bits,
+        _ => return Err(EngineError::invalid("bits", "one of 128, 256, 512")),
+    };
+    let meta = keyring.get(&request.key_name).await?;
+    require(&meta, meta.key_type.encrypts(), "wrap data keys")?;
+    let version = meta.encryption_version(0, now_ms())?;
+    let handle = keyring.version(&meta, version).await?;
+    keyring.reserve_seals(&meta, version, &handle, 1)?;
+    let plaintext = crypto::random(keyring.rng(), bits as usize / 8)?;
+    let ciphertext = SealWith {
+        handle: &handle,
+        derived: meta.derived,
+        version,
+    }
+    .seal(keyring.rng(), 0, &plaintext, b"", &request.context)
+    .map_err(|error| match error {
+        EngineError::InvalidArgument { reason, .. } => EngineError::invalid("context", reason),
+        other => other,
+    })?;
+    Ok(pb::GenerateDataKeyResponse {
+        plaintext: if request.wrapped_only {
+            Vec::new()
+        } else {
+            plaintext.to_vec()
+        },
+        ciphertext,
+        key_version: version,
+    })
+}
+
+pub(super) async fn sign(
+    keyring: &Keyring,
+    request: pb::SignRequest,
+) -> Result<Vec<pb::SignResult>, EngineError> {
+    let meta = keyring.get(&request.key_name).await?;
+    require(&meta, meta.key_type.signs(), "sign")?;
+    let encoding = convert::encoding(request.encoding)?;
+    let version = meta.encryption_version(request.key_version, now_ms())?;
+    let handle = keyring.version(&meta, version).await?;
+    let Material::Signer(signer) = &handle.material else {
+        return Err(EngineError::Internal);
+    };
+    let rng = keyring.rng();
+    Ok(request
+        .items
+        .into_iter()
+        .map(|item| pb::SignResult {
+            reference: item.reference,
+            outcome: Some(match signer.sign(rng, &item.message, encoding) {
+                Ok(signature) => {
+                    pb::sign_result::Outcome::Signature(envelope::format(version, &signature))
+                }
+                Err(error) => pb::sign_result::Outcome::Error(convert::item_error(&error)),
+            }),
+        })
+        .collect())
+}
+
+fn verify_result(reference: String, outcome: Result<bool, EngineError>) -> pb::VerifyResult {
+    pb::VerifyResult {
+        reference,
+        outcome: Some(match outcome {
+            Ok(valid) => pb::verify_result::Outcome::Valid(valid),
+            Err(error) => pb::verify_result::Outcome::Error(convert::item_error(&error)),
+        }),
+    }
+}
+
+pub(super) async fn verify(
+    keyring: &Keyring,
+    request: pb::VerifyRequest,
+) -> Result<Vec<pb::VerifyResult>, EngineError> {
+    let meta = keyring.get(&request.key_name).await?;
+    require(&meta, meta.key_type.signs(), "verify signatures")?;
+    let encoding = convert::encoding(request.encoding)?;
+    let now = now_ms();
+    Ok(request
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let outcome = envelope::parse(&format!("items[{index}].signature"), &item.signature)
+                .and_then(|(version, signature)| {
+                    meta.check_decryption_version(version, now)
+                        .map_err(|error| match error {
+                            EngineError::DecryptionFailed => EngineError::invalid(
+                                format!("items[{index}].signature"),
+                                format!("key `{}` has no version {version}", meta.name),
+                            ),
+                            other => other,
+                        })?;
+                    let public_key = meta
+                        .versions
+                        .iter()
+                        .find(|v| v.version == version)
+                        .and_then(|v| v.public_key.as_deref())
+                        .ok_or(EngineError::Internal)?;
+                    Ok(match meta.key_type {
+                        KeyType::Ed25519 => {
+                            crypto::verify_ed25519(public_key, &item.message, &signature)
+                        }
+                        _ => crypto::verify_p256(public_key, &item.message, &signature, encoding),
+                    })
+                });
+            verify_result(item.reference, outcome)
+        })
+        .collect())
+}
+
+fn hmac_key(handle: &VersionHandle) -> Result<&[u8], EngineError> {
+    match &handle.material {
+        Material::Hmac(raw) => Ok(raw),
+        _ => Err(EngineError::Internal),
+    }
+}
+
+pub(super) async fn hmac(
+    keyring: &Keyring,
+    request: pb::HmacRequest,
+) -> Result<Vec<pb::HmacResult>, EngineError> {
+    let meta = keyring.get(&request.key_name).await?;
+    require(&meta, meta.key_type == KeyType::HmacSha256, "compute HMACs")?;
+    let version = meta.encryption_version(request.key_version, now_ms())?;
+    let handle = keyring.version(&meta, version).await?;
+    let key = hmac_key(&handle)?;
+    Ok(request
+        .items
+        .into_iter()
+        .map(|item| pb::HmacResult {
+            reference: item.reference,
+            outcome: Some(pb::hmac_result::Outcome::Hmac(envelope::format(
+                version,
+                &crypto::hmac_sha256(key, &item.message),
+            ))),
+        })
+        .collect())
+}
+
+pub(super) async fn verify_hmac(
+    keyring: &Keyring,
+    request: pb::VerifyHmacRequest,
+) -> Result<Vec<pb::VerifyResult>, EngineError> {
+    let meta = keyring.get(&request.key_name).await?;
+    require(&meta, meta.key_type == KeyType::HmacSha256, "verify HMACs")?;
+    let parsed: Vec<Result<(u32, Vec<u8>), EngineError>> = request
+        .items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| envelope::parse(&format!("items[{index}].hmac"), &item.hmac))
+        .collect();
+    let handles = handles_for(
+        keyring,
+        &meta,
+        parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|(v, _)| *v),
+    )
+    .await;
+    Ok(request
+        .items
+        .into_iter()
+        .zip(parsed)
+        .enumerate()
+        .map(|(index, (item, parsed))| {
+            let outcome = parsed.and_then(|(version, tag)| {
+                let handle = handles
+                    .get(&version)
+                    .ok_or(EngineError::Internal)?
+                    .as_ref()
+                    .map_err(|error| match error {
+                        EngineError::DecryptionFailed => EngineError::invalid(
+                            format!("items[{index}].hmac"),
+                            format!("key `{}` has no version {version}", meta.name),
+                        ),
+                        other => other.clone(),
+                    })?;
+                Ok(crypto::verify_hmac_sha256(
+                    hmac_key(handle)?,
+                    &item.message,
+                    &tag,
+                ))
+            });
+            verify_result(item.reference, outcome)
+        })
+        .collect())
+}
+
+pub(super) async fn describe(
+    keyring: &Keyring,
+    request: pb::DescribeCiphertextRequest,
+) -> Result<pb::DescribeCiphertextResponse, EngineError> {
+    let (version, body) = envelope::parse("ciphertext", &request.ciphertext)?;
+    let overhead = crypto::NONCE_LEN + crypto::TAG_LEN;
+    if body.len() < overhead {
+        return Err(EngineError::invalid(
+            "ciphertext",
+            format!(
+                "the body is {} bytes; a ciphertext has at least {overhead}",
+                body.len()
+            ),
+        ));
+    }
+    let key_type = if request.key_name.is_empty() {
+        0
+    } else {
+        let meta = keyring.get(&request.key_name).await?;
+        if version > meta.latest_version {
+            return Err(EngineError::invalid(
+                "ciphertext",
+                format!("key `{}` has no version {version}", meta.name),
+            ));
+        }
+        convert::key_type_number(meta.key_type)
+    };
+    Ok(pb::DescribeCiphertextResponse {
+        key_version: version,
+        key_type,
+        plaintext_length: (body.len() - overhead) as u64,
+    })
+}
