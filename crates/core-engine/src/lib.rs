@@ -67,6 +67,7 @@ impl App {
         ));
         let service = transport::EngineService::new(Arc::clone(&keyring), config.limits.clone());
         let server = GrpcServer::builder(SERVICE, &config.server)
+            .message_limit_key("limits.max_message_bytes")
             .add_service(
                 EngineServer::new(service)
                     .max_decoding_message_size(config.limits.max_message_bytes)

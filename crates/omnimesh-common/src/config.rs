@@ -355,7 +355,13 @@ impl EnvVars {
                 }
                 path.push(part.to_ascii_lowercase());
             }
-            let parsed: Value = value.parse().expect("figment parses any string");
+            // figment's string unescaping slices by character index and panics on a
+            // backslash after a non-ASCII character; such a value is taken verbatim.
+            let parsed: Value = if value.contains('\\') && !value.is_ascii() {
+                Value::from(value.clone())
+            } else {
+                value.parse().expect("figment parses any string")
+            };
             let nested = figment::util::nest(&path.join("."), parsed)
                 .into_dict()
                 .expect("a non-empty key nests into a dict");

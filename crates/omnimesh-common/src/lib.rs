@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod message_limit;
 pub mod ports;
 pub mod server;
 mod shutdown;

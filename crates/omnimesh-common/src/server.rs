@@ -128,9 +128,17 @@ pub struct GrpcServerBuilder {
     descriptor_sets: Vec<&'static [u8]>,
     reflection: bool,
     metrics: Option<Metrics>,
+    message_limit_key: Option<&'static str>,
 }
 
 impl GrpcServerBuilder {
+    /// Answers a request message over the services' decoding limit with
+    /// `RESOURCE_EXHAUSTED` naming `key` (instead of tonic's `OUT_OF_RANGE`).
+    pub fn message_limit_key(mut self, key: &'static str) -> Self {
+        self.message_limit_key = Some(key);
+        self
+    }
+
     /// Serves `svc` on this server and reports it in health (and reflection).
     pub fn add_service<S>(mut self, svc: S) -> Self
     where
@@ -218,6 +226,7 @@ impl GrpcServerBuilder {
             config: self.config,
             routes,
             metrics_layer,
+            message_limit: crate::message_limit::MessageLimitLayer::new(self.message_limit_key),
             names,
             health,
             readiness,
@@ -231,6 +240,7 @@ pub struct GrpcServer {
     config: ServerConfig,
     routes: Routes,
     metrics_layer: GrpcMetricsLayer,
+    message_limit: crate::message_limit::MessageLimitLayer,
     names: Vec<&'static str>,
     health: HealthReporter,
     readiness: Readiness,
@@ -247,6 +257,7 @@ impl GrpcServer {
             descriptor_sets: Vec::new(),
             reflection: false,
             metrics: None,
+            message_limit_key: None,
         }
     }
 
@@ -317,6 +328,7 @@ impl GrpcServer {
             .accept_http1(true)
             .http2_keepalive_interval(self.config.http2_keepalive_interval)
             .layer(self.metrics_layer)
+            .layer(self.message_limit)
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);

@@ -5,6 +5,8 @@
 //! functions.
 
 pub(crate) mod envelope;
+#[cfg(test)]
+mod vectors;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};

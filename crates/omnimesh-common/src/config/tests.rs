@@ -268,6 +268,17 @@ mod hostile {
         }
     }
 
+    /// Found by the property test above: figment's unescaping panicked on a backslash
+    /// after a non-ASCII character.
+    #[test]
+    fn a_backslash_after_non_ascii_text_does_not_panic() {
+        for value in ["q\u{1ea00}\\x", "é\\n", "\"é\\t\"", "ключ\\"] {
+            let sources =
+                Sources::new().with_env("OMNIMESH_CORE_ENGINE__TELEMETRY__LOG_LEVEL", value);
+            assert_one_line(load_from(&sources));
+        }
+    }
+
     #[test]
     fn a_huge_file_is_read_or_refused_without_panicking() {
         // 8 MiB of comments and one real key: loads, and the key still counts.
