@@ -234,7 +234,7 @@ mod tests {
             String::from_utf8_lossy(&(0..=255).collect::<Vec<u8>>()).into_owned(),
         ];
         for text in cases {
-            assert_eq!(check(interpreter, &text), Ok(()), "{:.80}", text);
+            assert_eq!(check(interpreter, &text), Ok(()), "{text:.80}");
         }
     }
 }
