@@ -28,6 +28,17 @@ pub struct Config {
     /// Request limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The compute pool.
+    #[serde(default)]
+    pub compute: ComputeConfig,
+}
+
+/// `[core-engine.compute]`: the rayon pool that runs Analyze and Compute.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeConfig {
+    /// Threads of the pool (0: one per core).
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -38,6 +49,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             keys: KeysConfig::default(),
             limits: LimitsConfig::default(),
+            compute: ComputeConfig::default(),
         }
     }
 }
@@ -99,6 +111,8 @@ pub struct LimitsConfig {
     pub max_batch_items: usize,
     /// Largest RandomBytes request.
     pub max_random_bytes: usize,
+    /// Most values one AnalyzeStream call may send in all.
+    pub max_stream_values: usize,
 }
 
 impl Default for LimitsConfig {
@@ -107,6 +121,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 16 << 20,
             max_batch_items: 10_000,
             max_random_bytes: 1 << 20,
+            max_stream_values: 50_000_000,
         }
     }
 }
@@ -145,6 +160,7 @@ impl ServiceConfig for Config {
             ("limits.max_message_bytes", self.limits.max_message_bytes),
             ("limits.max_batch_items", self.limits.max_batch_items),
             ("limits.max_random_bytes", self.limits.max_random_bytes),
+            ("limits.max_stream_values", self.limits.max_stream_values),
         ] {
             if value == 0 {
                 return Err(Invalid::new(key, "must be at least 1"));

@@ -5,9 +5,12 @@
 //! [`App::serve`] serves it on a listener the caller bound (tests bind `127.0.0.1:0`).
 //! `transport` holds the tonic service; `keys` the keyring (rules in `keys::model`,
 //! persistence in `keys::store`, the master key in `keys::master`); `crypto` the
-//! primitives and the `omnimesh:v<N>:` envelope. Statistics, compute and streaming
-//! answer `UNIMPLEMENTED` until their modules land.
+//! primitives and the `omnimesh:v<N>:` envelope; `analyze` and `compute` the statistics
+//! and kernels, run on a rayon pool of their own. EncryptStream and DecryptStream answer
+//! `UNIMPLEMENTED` until they land.
 
+mod analyze;
+mod compute;
 mod config;
 mod crypto;
 mod error;
@@ -22,7 +25,7 @@ use omnimesh_proto::engine::v1::engine_server::EngineServer;
 use omnimesh_telemetry::Metrics;
 use tokio::net::TcpListener;
 
-pub use config::{Config, KeysConfig, LimitsConfig};
+pub use config::{ComputeConfig, Config, KeysConfig, LimitsConfig};
 pub use error::{EngineError, Error};
 
 /// The service name used in config sections, metrics and logs.
@@ -65,7 +68,9 @@ impl App {
                 max_seals_per_version: config.keys.max_seals_per_version,
             },
         ));
-        let service = transport::EngineService::new(Arc::clone(&keyring), config.limits.clone());
+        let pool = Arc::new(compute::ComputePool::new(config.compute.threads)?);
+        let service =
+            transport::EngineService::new(Arc::clone(&keyring), config.limits.clone(), pool);
         let server = GrpcServer::builder(SERVICE, &config.server)
             .message_limit_key("limits.max_message_bytes")
             .add_service(

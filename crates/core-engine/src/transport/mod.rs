@@ -1,9 +1,10 @@
 //! The tonic implementation of `omnimesh.engine.v1.Engine`: request checks, limits and
-//! the mapping between proto messages and the keyring and crypto modules. Statistics,
-//! compute and the streaming RPCs answer `UNIMPLEMENTED` until their modules land.
+//! the mapping between proto messages and the keyring, crypto, analyze and compute
+//! modules. EncryptStream and DecryptStream answer `UNIMPLEMENTED` until they land.
 
 mod convert;
 mod data;
+mod kernels;
 
 use std::sync::Arc;
 
@@ -24,13 +25,19 @@ const DEFAULT_PAGE: u32 = 100;
 pub(crate) struct EngineService {
     keyring: Arc<Keyring>,
     limits: Arc<LimitsConfig>,
+    pool: Arc<crate::compute::ComputePool>,
 }
 
 impl EngineService {
-    pub(crate) fn new(keyring: Arc<Keyring>, limits: LimitsConfig) -> Self {
+    pub(crate) fn new(
+        keyring: Arc<Keyring>,
+        limits: LimitsConfig,
+        pool: Arc<crate::compute::ComputePool>,
+    ) -> Self {
         Self {
             keyring,
             limits: Arc::new(limits),
+            pool,
         }
     }
 
@@ -246,6 +253,32 @@ impl Engine for EngineService {
         Ok(Response::new(pb::RandomBytesResponse {
             bytes: bytes.to_vec(),
         }))
+    }
+
+    async fn analyze(&self, request: Request<pb::AnalyzeRequest>) -> Reply<pb::AnalyzeResponse> {
+        Ok(Response::new(
+            kernels::analyze(&self.pool, request.into_inner()).await?,
+        ))
+    }
+
+    async fn analyze_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::AnalyzeRequest>>,
+    ) -> Reply<pb::AnalyzeResponse> {
+        Ok(Response::new(
+            kernels::analyze_stream(
+                &self.pool,
+                self.limits.max_stream_values,
+                request.into_inner(),
+            )
+            .await?,
+        ))
+    }
+
+    async fn compute(&self, request: Request<pb::ComputeRequest>) -> Reply<pb::ComputeResponse> {
+        Ok(Response::new(
+            kernels::compute(&self.pool, request.into_inner()).await?,
+        ))
     }
 
     async fn describe_ciphertext(

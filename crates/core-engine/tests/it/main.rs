@@ -2,6 +2,7 @@
 //! in a temporary directory (SQLite) or a fresh PostgreSQL database.
 
 mod crypto;
+mod kernels;
 mod serving;
 
 use core_engine::{App, Config};

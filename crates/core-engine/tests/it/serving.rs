@@ -21,12 +21,17 @@ async fn every_answer_is_counted_by_method_and_code() {
     let status = client.hash(HashRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("`algorithm`"), "{status:?}");
-    let status = client.analyze(AnalyzeRequest::default()).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    let empty = client
+        .analyze(AnalyzeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(empty.count, 0);
+    assert!(empty.mean.is_nan(), "no values: no mean");
     let metrics = assert_probes(server.addr(), "omnimesh_core_engine").await;
     for counted in [
         "omnimesh_core_engine_grpc_requests_total{method=\"/omnimesh.engine.v1.Engine/Hash\",code=\"INVALID_ARGUMENT\"} 1",
-        "omnimesh_core_engine_grpc_requests_total{method=\"/omnimesh.engine.v1.Engine/Analyze\",code=\"UNIMPLEMENTED\"} 1",
+        "omnimesh_core_engine_grpc_requests_total{method=\"/omnimesh.engine.v1.Engine/Analyze\",code=\"OK\"} 1",
     ] {
         assert!(metrics.contains(counted), "{metrics}");
     }

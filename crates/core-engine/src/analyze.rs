@@ -1,0 +1,653 @@
+//! Summary statistics over `f64` series: count, sum, mean, variance, stddev, min, max,
+//! exact quantiles (selection, not a full sort), approximate quantiles from a mergeable
+//! DDSketch, histograms.
+//!
+//! The NaN/±inf rule ([`NonFinite`]): by default NaN values are dropped and counted,
+//! infinities take part (so sum, mean and variance become ±inf or NaN, and min/max and
+//! quantiles may be infinite); `Reject` fails on the first non-finite value naming its
+//! index; `Skip` drops and counts both.
+//!
+//! Numerics: each chunk (fits in L2) is summed with 8 independent accumulators (the
+//! compiler vectorises them), then its squared deviations from the chunk mean are summed
+//! the same way while the chunk is still in cache; chunks are merged with Chan's
+//! parallel formula, so the variance is as stable as two-pass and the data is read
+//! from memory once. Above [`PARALLEL_MIN`] values the chunks run on rayon.
+
+use rayon::prelude::*;
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+use crate::error::EngineError;
+
+/// Values per chunk: 32 Ki f64 = 256 KiB, inside L2.
+const CHUNK: usize = 32 * 1024;
+/// Below this, one thread is faster than splitting.
+pub(crate) const PARALLEL_MIN: usize = 256 * 1024;
+/// The relative error bound of the approximate quantiles.
+pub(crate) const SKETCH_RELATIVE_ERROR: f64 = 0.01;
+
+/// What to do with NaN and infinities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NonFinite {
+    /// Drop and count NaN; keep infinities.
+    DropNan,
+    /// Fail on the first non-finite value.
+    Reject,
+    /// Drop and count NaN and infinities.
+    Skip,
+}
+
+/// Count, sum, mean, M2 (sum of squared deviations), min, max of finite-or-kept values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Moments {
+    pub(crate) count: u64,
+    pub(crate) mean: f64,
+    pub(crate) m2: f64,
+    pub(crate) sum: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+}
+
+impl Moments {
+    const EMPTY: Moments = Moments {
+        count: 0,
+        mean: 0.0,
+        m2: 0.0,
+        sum: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+
+    /// Chan et al.'s merge of two partial results.
+    fn merge(self, other: Moments) -> Moments {
+        if self.count == 0 {
+            return other;
+        }
+        if other.count == 0 {
+            return self;
+        }
+        let count = self.count + other.count;
+        let (na, nb, n) = (self.count as f64, other.count as f64, count as f64);
+        let delta = other.mean - self.mean;
+        Moments {
+            count,
+            mean: self.mean + delta * nb / n,
+            m2: self.m2 + other.m2 + delta * delta * na * nb / n,
+            sum: self.sum + other.sum,
+            min: self.min.min(other.min),
+            max: self.max.max(other.max),
+        }
+    }
+
+    /// Sample variance (n − 1); 0 for fewer than two values.
+    pub(crate) fn variance(&self) -> f64 {
+        if self.count < 2 {
+            0.0
+        } else {
+            self.m2 / (self.count - 1) as f64
+        }
+    }
+}
+
+/// Sum with 8 accumulators (vectorised); also min, max and the number of NaN values.
+fn chunk_pass1(values: &[f64]) -> (f64, f64, f64, u64) {
+    let mut sums = [0.0_f64; 8];
+    let mut mins = [f64::INFINITY; 8];
+    let mut maxs = [f64::NEG_INFINITY; 8];
+    let mut nans = [0_u64; 8];
+    let mut lanes = values.chunks_exact(8);
+    for lane in &mut lanes {
+        for i in 0..8 {
+            let x = lane[i];
+            sums[i] += x;
+            mins[i] = mins[i].min(x);
+            maxs[i] = maxs[i].max(x);
+            nans[i] += u64::from(x.is_nan());
+        }
+    }
+    let mut sum: f64 = sums.iter().sum();
+    let mut min = mins.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut max = maxs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut nan: u64 = nans.iter().sum();
+    for &x in lanes.remainder() {
+        sum += x;
+        min = min.min(x);
+        max = max.max(x);
+        nan += u64::from(x.is_nan());
+    }
+    (sum, min, max, nan)
+}
+
+/// Sum of squared deviations from `mean`, 8 accumulators.
+fn chunk_m2(values: &[f64], mean: f64) -> f64 {
+    let mut acc = [0.0_f64; 8];
+    let mut lanes = values.chunks_exact(8);
+    for lane in &mut lanes {
+        for i in 0..8 {
+            let d = lane[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let mut m2: f64 = acc.iter().sum();
+    for &x in lanes.remainder() {
+        let d = x - mean;
+        m2 += d * d;
+    }
+    m2
+}
+
+fn chunk_moments(values: &[f64]) -> Moments {
+    let (sum, min, max, nan) = chunk_pass1(values);
+    if nan > 0 {
+        // Rare: drop NaN values and start over on what is left.
+        let kept: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+        return chunk_moments(&kept);
+    }
+    if values.is_empty() {
+        return Moments::EMPTY;
+    }
+    let mean = sum / values.len() as f64;
+    Moments {
+        count: values.len() as u64,
+        mean,
+        m2: chunk_m2(values, mean),
+        sum,
+        min,
+        max,
+    }
+}
+
+/// Moments of `values`, ignoring NaN (callers apply the non-finite policy first).
+pub(crate) fn moments(values: &[f64]) -> Moments {
+    if values.len() < PARALLEL_MIN {
+        values
+            .chunks(CHUNK)
+            .map(chunk_moments)
+            .fold(Moments::EMPTY, Moments::merge)
+    } else {
+        values
+            .par_chunks(CHUNK)
+            .map(chunk_moments)
+            .reduce(|| Moments::EMPTY, Moments::merge)
+    }
+}
+
+/// Counts of NaN and infinite values, and the index of the first non-finite one.
+fn non_finite(values: &[f64]) -> (u64, u64, Option<usize>) {
+    let count = |chunk: &[f64]| -> (u64, u64) {
+        chunk.iter().fold((0, 0), |(nan, inf), x| {
+            (
+                nan + u64::from(x.is_nan()),
+                inf + u64::from(x.is_infinite()),
+            )
+        })
+    };
+    let (nan, inf) = if values.len() < PARALLEL_MIN {
+        count(values)
+    } else {
+        values
+            .par_chunks(CHUNK)
+            .map(count)
+            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let first = (nan + inf > 0)
+        .then(|| values.iter().position(|x| !x.is_finite()))
+        .flatten();
+    (nan, inf, first)
+}
+
+/// Exact quantiles by linear interpolation between closest ranks (numpy's default),
+/// selecting only the ranks needed. `values` is reordered; it must hold no NaN.
+pub(crate) fn quantiles(values: &mut [f64], qs: &[f64]) -> Vec<f64> {
+    if values.is_empty() {
+        return vec![f64::NAN; qs.len()];
+    }
+    let last = values.len() - 1;
+    let mut ranks: Vec<usize> = qs
+        .iter()
+        .flat_map(|q| {
+            let position = q * last as f64;
+            let lo = position.floor() as usize;
+            [lo.min(last), (lo + 1).min(last)]
+        })
+        .collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    select_ranks(values, 0, &ranks);
+    qs.iter()
+        .map(|q| {
+            let position = q * last as f64;
+            let lo = (position.floor() as usize).min(last);
+            let hi = (lo + 1).min(last);
+            let fraction = position - lo as f64;
+            let (a, b) = (values[lo], values[hi]);
+            if fraction == 0.0 || a == b {
+                a
+            } else {
+                a + (b - a) * fraction
+            }
+        })
+        .collect()
+}
+
+/// Puts the element of every rank in `ranks` (sorted, absolute, offset by `base`) at its
+/// sorted position: the middle rank first, then both halves in parallel.
+fn select_ranks(values: &mut [f64], base: usize, ranks: &[usize]) {
+    if ranks.is_empty() || values.is_empty() {
+        return;
+    }
+    let middle = ranks.len() / 2;
+    let rank = ranks[middle] - base;
+    let (left, _, right) = values.select_nth_unstable_by(rank, f64::total_cmp);
+    let (left_ranks, right_ranks) = (&ranks[..middle], &ranks[middle + 1..]);
+    if left.len() + right.len() > PARALLEL_MIN {
+        rayon::join(
+            || select_ranks(left, base, left_ranks),
+            || select_ranks(right, base + rank + 1, right_ranks),
+        );
+    } else {
+        select_ranks(left, base, left_ranks);
+        select_ranks(right, base + rank + 1, right_ranks);
+    }
+}
+
+/// Approximate quantiles from a DDSketch built per chunk and merged.
+pub(crate) fn approx_quantiles(values: &[f64], qs: &[f64]) -> Vec<f64> {
+    let config = SketchConfig::new(SKETCH_RELATIVE_ERROR, 2048, 1.0e-9);
+    let build = |chunk: &[f64]| {
+        let mut sketch = DDSketch::new(config);
+        for &x in chunk {
+            sketch.add(x);
+        }
+        sketch
+    };
+    let merge = |mut a: DDSketch, b: DDSketch| {
+        // Same configuration on both sides: merging cannot fail.
+        let _ = a.merge(&b);
+        a
+    };
+    let sketch = if values.len() < PARALLEL_MIN {
+        build(values)
+    } else {
+        values
+            .par_chunks(CHUNK * 8)
+            .map(build)
+            .reduce(|| DDSketch::new(config), merge)
+    };
+    qs.iter()
+        .map(|q| sketch.quantile(*q).ok().flatten().unwrap_or(f64::NAN))
+        .collect()
+}
+
+/// Bin counts for `edges` (strictly increasing): bin i is [edges[i], edges[i+1]), the
+/// last bin includes its right edge; values outside are not counted (numpy's rule).
+pub(crate) fn histogram(values: &[f64], edges: &[f64]) -> Vec<u64> {
+    let bins = edges.len().saturating_sub(1);
+    let (first, last) = (edges[0], edges[bins]);
+    let uniform_width = (last - first) / bins as f64;
+    let uniform = edges
+        .iter()
+        .enumerate()
+        .all(|(i, e)| (e - (first + uniform_width * i as f64)).abs() <= uniform_width * 1e-12);
+    let count = |chunk: &[f64]| {
+        let mut counts = vec![0_u64; bins];
+        for &x in chunk {
+            if !(x >= first && x <= last) {
+                continue;
+            }
+            let mut bin = if uniform {
+                (((x - first) / uniform_width) as usize).min(bins - 1)
+            } else {
+                edges
+                    .partition_point(|e| *e <= x)
+                    .saturating_sub(1)
+                    .min(bins - 1)
+            };
+            // Floating-point rounding of the uniform index, corrected against the edges.
+            while bin > 0 && x < edges[bin] {
+                bin -= 1;
+            }
+            while bin + 1 < bins && x >= edges[bin + 1] {
+                bin += 1;
+            }
+            counts[bin] += 1;
+        }
+        counts
+    };
+    let add = |mut a: Vec<u64>, b: Vec<u64>| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+        a
+    };
+    if values.len() < PARALLEL_MIN {
+        count(values)
+    } else {
+        values
+            .par_chunks(CHUNK)
+            .map(count)
+            .reduce(|| vec![0; bins], add)
+    }
+}
+
+/// What an Analyze call asks for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Request {
+    pub(crate) quantiles: Vec<f64>,
+    pub(crate) approx_quantiles: Vec<f64>,
+    pub(crate) edges: Vec<f64>,
+    pub(crate) bins: u32,
+    pub(crate) histogram: bool,
+}
+
+/// Its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Report {
+    pub(crate) moments: Moments,
+    pub(crate) quantiles: Vec<f64>,
+    pub(crate) approx_quantiles: Vec<f64>,
+    pub(crate) edges: Vec<f64>,
+    pub(crate) counts: Vec<u64>,
+    pub(crate) nan_count: u64,
+    pub(crate) infinite_count: u64,
+}
+
+/// Most bins of an automatic or given histogram.
+pub(crate) const MAX_BINS: usize = 100_000;
+
+fn check_q(field: &str, qs: &[f64]) -> Result<(), EngineError> {
+    match qs.iter().position(|q| !(0.0..=1.0).contains(q)) {
+        Some(index) => Err(EngineError::invalid(
+            format!("{field}[{index}]"),
+            "must be between 0 and 1",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Validates the request against its values (before any work).
+pub(crate) fn validate(request: &Request) -> Result<(), EngineError> {
+    check_q("quantiles", &request.quantiles)?;
+    check_q("approx_quantiles", &request.approx_quantiles)?;
+    if !request.edges.is_empty() {
+        if request.edges.len() < 2 || request.edges.len() > MAX_BINS + 1 {
+            return Err(EngineError::invalid(
+                "histogram.edges",
+                format!("between 2 and {} edges", MAX_BINS + 1),
+            ));
+        }
+        if let Some(index) = request
+            .edges
+            .windows(2)
+            .position(|pair| !(pair[0].is_finite() && pair[1].is_finite() && pair[0] < pair[1]))
+        {
+            return Err(EngineError::invalid(
+                format!("histogram.edges[{}]", index + 1),
+                "edges must be finite and strictly increasing",
+            ));
+        }
+    }
+    if request.bins as usize > MAX_BINS {
+        return Err(EngineError::invalid(
+            "histogram.bins",
+            format!("at most {MAX_BINS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the analysis; `values` may be reordered (quantile selection works in place).
+pub(crate) fn analyze(
+    mut values: Vec<f64>,
+    policy: NonFinite,
+    request: &Request,
+) -> Result<Report, EngineError> {
+    validate(request)?;
+    let (nan_count, infinite_count, first) = non_finite(&values);
+    if let (NonFinite::Reject, Some(index)) = (policy, first) {
+        return Err(EngineError::invalid(
+            format!("values[{index}]"),
+            "NaN or infinite (the policy is REJECT)",
+        ));
+    }
+    let drop_inf = policy == NonFinite::Skip && infinite_count > 0;
+    if nan_count > 0 || drop_inf {
+        values.retain(|x| !(x.is_nan() || (drop_inf && x.is_infinite())));
+    }
+    let moments = moments(&values);
+    let approx_quantiles = if request.approx_quantiles.is_empty() {
+        Vec::new()
+    } else {
+        approx_quantiles(&values, &request.approx_quantiles)
+    };
+    let (edges, counts) = if !request.histogram {
+        (Vec::new(), Vec::new())
+    } else if !request.edges.is_empty() {
+        let counts = histogram(&values, &request.edges);
+        (request.edges.clone(), counts)
+    } else if values.is_empty() || !(moments.min.is_finite() && moments.max.is_finite()) {
+        (Vec::new(), Vec::new())
+    } else {
+        let bins = if request.bins == 0 {
+            10
+        } else {
+            request.bins as usize
+        };
+        let (lo, hi) = if moments.min == moments.max {
+            (moments.min - 0.5, moments.max + 0.5)
+        } else {
+            (moments.min, moments.max)
+        };
+        let width = (hi - lo) / bins as f64;
+        let mut edges: Vec<f64> = (0..bins).map(|i| lo + width * i as f64).collect();
+        edges.push(hi);
+        let counts = histogram(&values, &edges);
+        (edges, counts)
+    };
+    let quantiles = if request.quantiles.is_empty() {
+        Vec::new()
+    } else {
+        quantiles(&mut values, &request.quantiles)
+    };
+    Ok(Report {
+        moments,
+        quantiles,
+        approx_quantiles,
+        edges,
+        counts,
+        nan_count,
+        infinite_count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The reference: a full sort and numpy's linear interpolation.
+    fn sorted_quantile(values: &[f64], q: f64) -> f64 {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        quantile_of_sorted(&sorted, q)
+    }
+
+    fn quantile_of_sorted(sorted: &[f64], q: f64) -> f64 {
+        let position = q * (sorted.len() - 1) as f64;
+        let lo = position.floor() as usize;
+        let hi = (lo + 1).min(sorted.len() - 1);
+        sorted[lo] + (sorted[hi] - sorted[lo]) * (position - lo as f64)
+    }
+
+    fn naive_variance(values: &[f64]) -> f64 {
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        values.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (values.len() - 1) as f64
+    }
+
+    #[test]
+    fn moments_are_stable_with_a_huge_offset() {
+        // Welford-hostile: a large common offset, small spread.
+        let values: Vec<f64> = (0..1_000_000).map(|i| 1e9 + f64::from(i % 7)).collect();
+        let m = moments(&values);
+        let spread: Vec<f64> = values.iter().map(|x| x - 1e9).collect();
+        assert!(
+            (m.variance() - naive_variance(&spread)).abs() < 1e-6,
+            "{m:?}"
+        );
+        assert_eq!(m.count, 1_000_000);
+        assert_eq!((m.min, m.max), (1e9, 1e9 + 6.0));
+    }
+
+    #[test]
+    fn the_non_finite_rule() {
+        let values = vec![1.0, f64::NAN, 3.0, f64::INFINITY];
+        let request = Request::default();
+        let report = analyze(values.clone(), NonFinite::DropNan, &request).unwrap();
+        assert_eq!((report.nan_count, report.infinite_count), (1, 1));
+        assert_eq!(report.moments.count, 3);
+        assert_eq!(report.moments.max, f64::INFINITY);
+        assert!(report.moments.sum.is_infinite());
+        let report = analyze(values.clone(), NonFinite::Skip, &request).unwrap();
+        assert_eq!(report.moments.count, 2);
+        assert_eq!(report.moments.mean, 2.0);
+        assert_eq!(
+            analyze(values, NonFinite::Reject, &request).unwrap_err(),
+            EngineError::invalid("values[1]", "NaN or infinite (the policy is REJECT)")
+        );
+    }
+
+    #[test]
+    fn histograms_given_and_automatic() {
+        let values = [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 9.0, -1.0];
+        let counts = histogram(&values, &[0.0, 1.0, 2.0]);
+        assert_eq!(
+            counts,
+            [2, 4],
+            "the last bin includes its right edge; outside ignored"
+        );
+        let counts = histogram(&values, &[0.0, 0.1, 2.0]);
+        assert_eq!(counts, [1, 5], "uneven edges");
+        let request = Request {
+            histogram: true,
+            bins: 4,
+            ..Request::default()
+        };
+        let report = analyze(values.to_vec(), NonFinite::DropNan, &request).unwrap();
+        assert_eq!(report.edges, [-1.0, 1.5, 4.0, 6.5, 9.0]);
+        assert_eq!(report.counts.iter().sum::<u64>(), 8);
+    }
+
+    #[test]
+    fn invalid_requests_name_the_field() {
+        for (request, field) in [
+            (
+                Request {
+                    quantiles: vec![0.5, 1.5],
+                    ..Request::default()
+                },
+                "quantiles[1]",
+            ),
+            (
+                Request {
+                    approx_quantiles: vec![f64::NAN],
+                    ..Request::default()
+                },
+                "approx_quantiles[0]",
+            ),
+            (
+                Request {
+                    edges: vec![0.0, 1.0, 1.0],
+                    histogram: true,
+                    ..Request::default()
+                },
+                "histogram.edges[2]",
+            ),
+        ] {
+            match analyze(vec![1.0], NonFinite::DropNan, &request) {
+                Err(EngineError::InvalidArgument { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn large_inputs_take_the_parallel_paths_and_agree() {
+        let values: Vec<f64> = (0..600_001_u64)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) % 1_000_003) as f64) / 7.0 - 50_000.0)
+            .collect();
+        let qs = [0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0];
+        let request = Request {
+            quantiles: qs.to_vec(),
+            approx_quantiles: qs.to_vec(),
+            histogram: true,
+            bins: 100,
+            ..Request::default()
+        };
+        let report = analyze(values.clone(), NonFinite::DropNan, &request).unwrap();
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for (q, got) in qs.iter().zip(&report.quantiles) {
+            assert_eq!(*got, quantile_of_sorted(&sorted, *q), "q = {q}");
+        }
+        for (q, got) in qs.iter().zip(&report.approx_quantiles) {
+            let exact = quantile_of_sorted(&sorted, *q);
+            assert!(
+                (got - exact).abs() <= SKETCH_RELATIVE_ERROR * exact.abs() + 1e-9,
+                "q = {q}: {got} vs {exact}"
+            );
+        }
+        assert_eq!(report.counts.iter().sum::<u64>(), values.len() as u64);
+        let serial = values
+            .chunks(CHUNK)
+            .map(chunk_moments)
+            .fold(Moments::EMPTY, Moments::merge);
+        assert!((report.moments.variance() - serial.variance()).abs() <= serial.variance() * 1e-12);
+    }
+
+    proptest! {
+        #[test]
+        fn exact_quantiles_match_a_full_sort(
+            values in prop::collection::vec(-1e6_f64..1e6, 1..500),
+            qs in prop::collection::vec(0.0_f64..=1.0, 1..6),
+        ) {
+            let got = quantiles(&mut values.clone(), &qs);
+            for (q, got) in qs.iter().zip(got) {
+                prop_assert_eq!(got, sorted_quantile(&values, *q));
+            }
+        }
+
+        #[test]
+        fn merged_sketches_stay_within_the_bound(
+            a in prop::collection::vec(0.001_f64..1e6, 1..400),
+            b in prop::collection::vec(0.001_f64..1e6, 1..400),
+            q in 0.0_f64..=1.0,
+        ) {
+            let config = SketchConfig::new(SKETCH_RELATIVE_ERROR, 2048, 1.0e-9);
+            let mut left = DDSketch::new(config);
+            let mut right = DDSketch::new(config);
+            a.iter().for_each(|x| left.add(*x));
+            b.iter().for_each(|x| right.add(*x));
+            left.merge(&right).unwrap();
+            let all: Vec<f64> = a.iter().chain(&b).copied().collect();
+            // DDSketch's guarantee is relative to a value of the right rank.
+            let mut sorted = all.clone();
+            sorted.sort_by(f64::total_cmp);
+            let rank = (q * (sorted.len() - 1) as f64).floor() as usize;
+            let estimate = left.quantile(q).unwrap().unwrap();
+            let (lo, hi) = (sorted[rank.saturating_sub(1)], sorted[(rank + 1).min(sorted.len() - 1)]);
+            prop_assert!(
+                estimate >= lo * (1.0 - SKETCH_RELATIVE_ERROR) - 1e-9
+                    && estimate <= hi * (1.0 + SKETCH_RELATIVE_ERROR) + 1e-9,
+                "{} not within [{}, {}]", estimate, lo, hi
+            );
+        }
+
+        #[test]
+        fn moments_match_the_naive_formulas(values in prop::collection::vec(-1e3_f64..1e3, 2..300)) {
+            let m = moments(&values);
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            prop_assert!((m.mean - mean).abs() < 1e-9);
+            prop_assert!((m.variance() - naive_variance(&values)).abs() < 1e-6);
+        }
+    }
+}
