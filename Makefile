@@ -9,7 +9,7 @@ VENV := .venv
 # timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all build release run test test-rust test-stock-client eval-nl bench-nl fuzz-nl fmt fmt-check lint clean help
+.PHONY: all build release run test test-rust test-stock-client eval-nl bench-nl bench-engine fuzz-nl fuzz-engine fmt fmt-check lint clean help
 
 all: build
 
@@ -20,7 +20,9 @@ help:
 	@echo "make build | release     debug | release build of the workspace"
 	@echo "make eval-nl             score the English interpreter (plain and 5-fold cross-validated)"
 	@echo "make bench-nl            the interpreter's latency and model load against their budgets"
+	@echo "make bench-engine        core-engine against OpenSSL and numpy, same run, ratios"
 	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
+	@echo "make fuzz-engine         fuzz core-engine's ciphertext parsing and Analyze input"
 
 build:
 	$(CARGO) build --workspace --bins
@@ -67,6 +69,11 @@ eval-nl:
 bench-nl:
 	$(CARGO) bench -p omniterm-interface --bench interpret
 
+# core-engine against OpenSSL and numpy in the same run; prints the ratios
+# (target/bench-engine/results.md). BENCH_QUICK=1 for a smoke run.
+bench-engine:
+	bash bench/engine/run.sh
+
 # Coverage-guided fuzzing of the interpreter (libFuzzer through cargo-fuzz, installed from
 # crates.io when missing), seeded with every labelled line. FUZZ_SECONDS bounds the run.
 FUZZ_SECONDS ?= 300
@@ -77,6 +84,16 @@ fuzz-nl:
 	  | $(PYTHON) -c 'import sys,json,hashlib,pathlib; [pathlib.Path("fuzz/corpus/interpret", hashlib.sha1(t.encode()).hexdigest()).write_text(t) for t in (json.loads(l)["text"] for l in sys.stdin if l.strip())]'
 	cd fuzz && $(CARGO) fuzz run --sanitizer none interpret -- \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=1024 -print_final_stats=1
+
+# The core-engine fuzz targets (ciphertext parsing and opening, Analyze input), each for
+# FUZZ_SECONDS.
+fuzz-engine:
+	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	for target in engine_ciphertext engine_analyze; do \
+	  mkdir -p fuzz/corpus/$$target; \
+	  (cd fuzz && $(CARGO) fuzz run --sanitizer none $$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

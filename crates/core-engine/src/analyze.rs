@@ -88,71 +88,144 @@ impl Moments {
     }
 }
 
-/// Sum with 8 accumulators (vectorised); also min, max and the number of NaN values.
-fn chunk_pass1(values: &[f64]) -> (f64, f64, f64, u64) {
+/// Sum with 8 independent accumulators (the compiler vectorises them).
+fn lanes_sum(values: &[f64]) -> f64 {
     let mut sums = [0.0_f64; 8];
+    let mut lanes = values.chunks_exact(8);
+    for lane in &mut lanes {
+        for i in 0..8 {
+            sums[i] += lane[i];
+        }
+    }
+    sums.iter().sum::<f64>() + lanes.remainder().iter().sum::<f64>()
+}
+
+/// Sum of squared deviations from `mean`, with min and max; for NaN-free input.
+fn lanes_m2_min_max(values: &[f64], mean: f64) -> (f64, f64, f64) {
+    let mut acc = [0.0_f64; 8];
     let mut mins = [f64::INFINITY; 8];
     let mut maxs = [f64::NEG_INFINITY; 8];
-    let mut nans = [0_u64; 8];
     let mut lanes = values.chunks_exact(8);
     for lane in &mut lanes {
         for i in 0..8 {
             let x = lane[i];
-            sums[i] += x;
-            mins[i] = mins[i].min(x);
-            maxs[i] = maxs[i].max(x);
-            nans[i] += u64::from(x.is_nan());
-        }
-    }
-    let mut sum: f64 = sums.iter().sum();
-    let mut min = mins.iter().copied().fold(f64::INFINITY, f64::min);
-    let mut max = maxs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mut nan: u64 = nans.iter().sum();
-    for &x in lanes.remainder() {
-        sum += x;
-        min = min.min(x);
-        max = max.max(x);
-        nan += u64::from(x.is_nan());
-    }
-    (sum, min, max, nan)
-}
-
-/// Sum of squared deviations from `mean`, 8 accumulators.
-fn chunk_m2(values: &[f64], mean: f64) -> f64 {
-    let mut acc = [0.0_f64; 8];
-    let mut lanes = values.chunks_exact(8);
-    for lane in &mut lanes {
-        for i in 0..8 {
-            let d = lane[i] - mean;
+            let d = x - mean;
             acc[i] += d * d;
+            // Plain comparisons (not f64::min): the input has no NaN, and these vectorise.
+            mins[i] = if x < mins[i] { x } else { mins[i] };
+            maxs[i] = if x > maxs[i] { x } else { maxs[i] };
         }
     }
     let mut m2: f64 = acc.iter().sum();
+    let mut min = mins.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut max = maxs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     for &x in lanes.remainder() {
         let d = x - mean;
         m2 += d * d;
+        min = min.min(x);
+        max = max.max(x);
     }
-    m2
+    (m2, min, max)
 }
 
+/// Shifted sums in one pass: Σ(x−k), Σ(x−k)², min, max (8 vectorised lanes).
+fn lanes_shifted(values: &[f64], k: f64) -> (f64, f64, f64, f64) {
+    let mut s1 = [0.0_f64; 8];
+    let mut s2 = [0.0_f64; 8];
+    let mut mins = [f64::INFINITY; 8];
+    let mut maxs = [f64::NEG_INFINITY; 8];
+    let mut lanes = values.chunks_exact(8);
+    for lane in &mut lanes {
+        for i in 0..8 {
+            let x = lane[i];
+            let d = x - k;
+            s1[i] += d;
+            s2[i] += d * d;
+            mins[i] = if x < mins[i] { x } else { mins[i] };
+            maxs[i] = if x > maxs[i] { x } else { maxs[i] };
+        }
+    }
+    let (mut a, mut b): (f64, f64) = (s1.iter().sum(), s2.iter().sum());
+    let mut min = mins.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut max = maxs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for &x in lanes.remainder() {
+        let d = x - k;
+        a += d;
+        b += d * d;
+        min = min.min(x);
+        max = max.max(x);
+    }
+    (a, b, min, max)
+}
+
+/// One chunk, read from memory once: sums shifted by the chunk's first value give the
+/// mean and M2 = Σd² − (Σd)²/n. When the shift was far from the mean that subtraction
+/// cancels, so such a chunk (rare; it is still in cache) is done again in two passes.
+/// A non-finite sum means NaN or infinities (or overflow): the careful path.
 fn chunk_moments(values: &[f64]) -> Moments {
-    let (sum, min, max, nan) = chunk_pass1(values);
-    if nan > 0 {
-        // Rare: drop NaN values and start over on what is left.
-        let kept: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-        return chunk_moments(&kept);
-    }
-    if values.is_empty() {
+    let Some(&k) = values.first() else {
         return Moments::EMPTY;
+    };
+    let n = values.len() as f64;
+    let (s1, s2, min, max) = lanes_shifted(values, k);
+    let sum = s1 + k * n;
+    if !(sum.is_finite() && s2.is_finite() && k.is_finite()) {
+        return careful_moments(values);
     }
-    let mean = sum / values.len() as f64;
+    let correction = s1 * s1 / n;
+    let m2 = if correction > 0.5 * s2 {
+        let mean = lanes_sum(values) / n;
+        lanes_m2_min_max(values, mean).0
+    } else {
+        s2 - correction
+    };
     Moments {
         count: values.len() as u64,
-        mean,
-        m2: chunk_m2(values, mean),
+        mean: k + s1 / n,
+        m2,
         sum,
         min,
         max,
+    }
+}
+
+/// The two-pass form, for chunks whose shifted sums would cancel and for NaN-free
+/// subsets.
+fn two_pass_moments(values: &[f64]) -> Moments {
+    if values.is_empty() {
+        return Moments::EMPTY;
+    }
+    let sum = lanes_sum(values);
+    let mean = sum / values.len() as f64;
+    let (m2, min, max) = lanes_m2_min_max(values, mean);
+    Moments {
+        count: values.len() as u64,
+        mean,
+        m2,
+        sum,
+        min,
+        max,
+    }
+}
+
+/// NaN dropped; with infinities the sum, mean and variance follow IEEE arithmetic.
+fn careful_moments(values: &[f64]) -> Moments {
+    let kept: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if kept.is_empty() {
+        return Moments::EMPTY;
+    }
+    let sum: f64 = kept.iter().sum();
+    if sum.is_finite() {
+        return two_pass_moments(&kept);
+    }
+    let mean = sum / kept.len() as f64;
+    Moments {
+        count: kept.len() as u64,
+        mean,
+        m2: f64::NAN,
+        sum,
+        min: kept.iter().copied().fold(f64::INFINITY, f64::min),
+        max: kept.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     }
 }
 
@@ -496,6 +569,19 @@ mod tests {
         );
         assert_eq!(m.count, 1_000_000);
         assert_eq!((m.min, m.max), (1e9, 1e9 + 6.0));
+    }
+
+    #[test]
+    fn an_outlier_first_value_does_not_cancel_the_variance() {
+        let mut values = vec![1e12];
+        values.extend((0..10_000).map(|i| 1.0 + f64::from(i % 3) * 1e-3));
+        let m = moments(&values);
+        assert!((m.variance() - naive_variance(&values)).abs() <= naive_variance(&values) * 1e-9);
+        let tail = moments(&values[1..]);
+        assert!(
+            (tail.variance() - naive_variance(&values[1..])).abs() < 1e-15,
+            "{tail:?}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod config;
 mod crypto;
 mod error;
 mod keys;
+mod metrics;
 mod transport;
 
 use std::future::Future;
@@ -44,7 +45,8 @@ impl App {
     /// # Errors
     /// When the master key, the key store or the gRPC server cannot be set up.
     pub async fn build(config: Config) -> Result<Self, Error> {
-        let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
+        let mut metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
+        let engine_metrics = metrics::EngineMetrics::register(metrics.registry_mut());
         let rng = ring::rand::SystemRandom::new();
         let env_value = (!config.keys.master_key_env.is_empty())
             .then(|| std::env::var(&config.keys.master_key_env).ok())
@@ -59,15 +61,18 @@ impl App {
         let store =
             keys::store::KeyStore::open(&config.keys.database_url, config.keys.max_connections)
                 .await?;
-        let keyring = Arc::new(keys::Keyring::new(
-            store,
-            master,
-            keys::KeyringLimits {
-                cache_versions: config.keys.cache_versions,
-                metadata_ttl: config.keys.metadata_ttl,
-                max_seals_per_version: config.keys.max_seals_per_version,
-            },
-        ));
+        let keyring = Arc::new(
+            keys::Keyring::new(
+                store,
+                master,
+                keys::KeyringLimits {
+                    cache_versions: config.keys.cache_versions,
+                    metadata_ttl: config.keys.metadata_ttl,
+                    max_seals_per_version: config.keys.max_seals_per_version,
+                },
+            )
+            .with_metrics(engine_metrics),
+        );
         let pool = Arc::new(compute::ComputePool::new(config.compute.threads)?);
         let service =
             transport::EngineService::new(Arc::clone(&keyring), config.limits.clone(), pool);
@@ -113,5 +118,141 @@ impl App {
         // Seal counts made during the drain are kept.
         self.keyring.flush_seals().await;
         Ok(served?)
+    }
+}
+
+/// Internals exposed to the benchmarks (`benches/engine.rs`); not an API.
+#[doc(hidden)]
+pub mod bench_support {
+    use ring::rand::SystemRandom;
+
+    use crate::crypto::{self, AeadAlg, AeadKey, envelope};
+
+    /// An AES-256-GCM key sealing the way Encrypt does (random nonce, version-bound
+    /// associated data).
+    pub struct Sealer {
+        key: AeadKey,
+        rng: SystemRandom,
+    }
+
+    impl Sealer {
+        /// A key of 32 fixed bytes.
+        pub fn new() -> Self {
+            Self {
+                key: AeadKey::new(AeadAlg::Aes256Gcm, &[7; 32]).expect("32 bytes"),
+                rng: SystemRandom::new(),
+            }
+        }
+
+        /// Seals `buffer` in place under a counter nonce, as stream chunks are sealed.
+        pub fn seal_in_place(&self, counter: u64, buffer: &mut [u8]) -> [u8; 16] {
+            let mut nonce = [0_u8; 12];
+            nonce[4..].copy_from_slice(&counter.to_be_bytes());
+            self.key.seal_in_place(nonce, b"", buffer).expect("sealing")
+        }
+
+        /// Seals a batch as Encrypt does: one call to the generator for the nonces, then
+        /// each item bound to version 1; the envelopes.
+        pub fn seal_batch(&self, plaintexts: &[Vec<u8>]) -> Vec<String> {
+            let nonces = crypto::nonces(&self.rng, plaintexts.len()).expect("nonces");
+            let aad = envelope::aad(1, b"");
+            plaintexts
+                .iter()
+                .zip(nonces)
+                .map(|(plaintext, nonce)| {
+                    let body = self.key.seal_body(nonce, &aad, plaintext).expect("sealing");
+                    envelope::format(1, &body)
+                })
+                .collect()
+        }
+
+        /// Seals `plaintext` as Encrypt does; the body (nonce, ciphertext, tag).
+        pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+            self.key
+                .seal(&self.rng, &envelope::aad(1, b""), plaintext)
+                .expect("sealing")
+        }
+    }
+
+    impl Default for Sealer {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    /// Count, mean and sample variance, as Analyze computes them.
+    pub fn mean_variance(values: &[f64]) -> (u64, f64, f64) {
+        let m = crate::analyze::moments(values);
+        (m.count, m.mean, m.variance())
+    }
+
+    /// Exact quantiles, as Analyze computes them (reorders `values`).
+    pub fn quantiles(values: &mut [f64], qs: &[f64]) -> Vec<f64> {
+        crate::analyze::quantiles(values, qs)
+    }
+
+    /// The f64 sort of Compute.
+    pub fn sort_f64(values: &mut [f64]) {
+        crate::compute::sort_f64(values, false);
+    }
+
+    /// The GEMM of Compute (square matrices).
+    pub fn matmul(a: &[f64], b: &[f64], n: usize, threads: usize) -> Vec<f64> {
+        crate::compute::matmul(a, (n, n), b, (n, n), threads).expect("square matrices")
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzz_support {
+    use crate::analyze::{self, NonFinite};
+    use crate::crypto::{AeadAlg, AeadKey, envelope};
+
+    /// Parses `text` as a ciphertext and tries to open it with a fixed key: never a
+    /// panic, and only a generic failure for anything but a real ciphertext.
+    pub fn open_ciphertext(text: &str, associated_data: &[u8]) -> bool {
+        let Ok((version, body)) = envelope::parse("ciphertext", text) else {
+            return false;
+        };
+        let key = AeadKey::new(AeadAlg::Aes256Gcm, &[1; 32]).expect("32 bytes");
+        key.open(&envelope::aad(version, associated_data), &body)
+            .is_ok()
+    }
+
+    /// Runs Analyze on values and options decoded from arbitrary bytes.
+    pub fn analyze_bytes(data: &[u8]) {
+        let Some((&options, rest)) = data.split_first() else {
+            return;
+        };
+        let values: Vec<f64> = rest
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        let policy = match options % 3 {
+            0 => NonFinite::DropNan,
+            1 => NonFinite::Reject,
+            _ => NonFinite::Skip,
+        };
+        let pick = |i: usize| values.get(i).copied().unwrap_or(0.5);
+        let request = analyze::Request {
+            quantiles: if options & 4 != 0 {
+                vec![pick(0), 0.5]
+            } else {
+                vec![]
+            },
+            approx_quantiles: if options & 8 != 0 {
+                vec![pick(1)]
+            } else {
+                vec![]
+            },
+            edges: if options & 16 != 0 {
+                values.iter().take(4).copied().collect()
+            } else {
+                vec![]
+            },
+            bins: u32::from(options >> 5) * 1000,
+            histogram: options & 32 != 0,
+        };
+        let _ = analyze::analyze(values, policy, &request);
     }
 }

@@ -52,6 +52,21 @@ pub struct ServerConfig {
     /// Interval of HTTP/2 keep-alive pings to idle clients (none when absent).
     #[serde(default, with = "humantime_serde")]
     pub http2_keepalive_interval: Option<Duration>,
+    /// HTTP/2 flow-control window per stream, in bytes. The protocol default (64 KiB)
+    /// makes every larger message wait a round trip for a window update.
+    #[serde(default = "default_stream_window")]
+    pub http2_stream_window: u32,
+    /// HTTP/2 flow-control window per connection, in bytes.
+    #[serde(default = "default_connection_window")]
+    pub http2_connection_window: u32,
+}
+
+fn default_stream_window() -> u32 {
+    1 << 20
+}
+
+fn default_connection_window() -> u32 {
+    4 << 20
 }
 
 impl Default for ServerConfig {
@@ -59,6 +74,8 @@ impl Default for ServerConfig {
         Self {
             drain_timeout: default_drain_timeout(),
             http2_keepalive_interval: None,
+            http2_stream_window: default_stream_window(),
+            http2_connection_window: default_connection_window(),
         }
     }
 }
@@ -327,6 +344,8 @@ impl GrpcServer {
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .http2_keepalive_interval(self.config.http2_keepalive_interval)
+            .initial_stream_window_size(self.config.http2_stream_window)
+            .initial_connection_window_size(self.config.http2_connection_window)
             .layer(self.metrics_layer)
             .layer(self.message_limit)
             .add_routes(self.routes)

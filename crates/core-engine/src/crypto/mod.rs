@@ -80,6 +80,23 @@ impl AeadKey {
         Ok(())
     }
 
+    /// Seals `buffer` in place under `nonce`; returns the tag. The bulk path (stream
+    /// chunks): no allocation, no copy.
+    pub(crate) fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buffer: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], EngineError> {
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buffer)
+            .map_err(|_| EngineError::Internal)?;
+        let mut out = [0_u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
     /// Opens `ciphertext || tag` sealed under `nonce`.
     pub(crate) fn open_with_nonce(
         &self,
@@ -108,8 +125,17 @@ impl AeadKey {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, EngineError> {
-        let mut nonce = [0_u8; NONCE_LEN];
-        rng.fill(&mut nonce).map_err(|_| EngineError::Internal)?;
+        let nonce = nonces(rng, 1)?[0];
+        self.seal_body(nonce, aad, plaintext)
+    }
+
+    /// Seals under `nonce` (from [`nonces`]): `nonce || ciphertext || tag`.
+    pub(crate) fn seal_body(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, EngineError> {
         let mut body = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
         body.extend_from_slice(&nonce);
         self.seal_into(nonce, aad, plaintext, &mut body)?;
@@ -127,6 +153,24 @@ impl AeadKey {
             .map_err(|_| EngineError::DecryptionFailed)?;
         self.open_with_nonce(nonce, aad, sealed)
     }
+}
+
+/// `count` random 96-bit nonces from one call to the system generator (one system call
+/// per batch rather than per item).
+pub(crate) fn nonces(
+    rng: &SystemRandom,
+    count: usize,
+) -> Result<Vec<[u8; NONCE_LEN]>, EngineError> {
+    let mut bytes = vec![0_u8; count * NONCE_LEN];
+    rng.fill(&mut bytes).map_err(|_| EngineError::Internal)?;
+    Ok(bytes
+        .chunks_exact(NONCE_LEN)
+        .map(|chunk| {
+            let mut nonce = [0_u8; NONCE_LEN];
+            nonce.copy_from_slice(chunk);
+            nonce
+        })
+        .collect())
 }
 
 /// HKDF-SHA256: `length` bytes from `ikm`, `salt` and `info`.

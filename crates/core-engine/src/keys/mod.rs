@@ -141,6 +141,7 @@ pub(crate) struct Keyring {
     pending_seals: Mutex<HashMap<(String, u32), u64>>,
     /// Serialises this process's changes to keys (replicas are serialised by revision).
     changes: tokio::sync::Mutex<()>,
+    metrics: crate::metrics::EngineMetrics,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -161,8 +162,19 @@ impl Keyring {
             versions: quick_cache::sync::Cache::new(limits.cache_versions.max(1)),
             pending_seals: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            metrics: crate::metrics::EngineMetrics::default(),
             limits,
         }
+    }
+
+    /// Reports to `metrics` (registered in the service's registry).
+    pub(crate) fn with_metrics(mut self, metrics: crate::metrics::EngineMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::EngineMetrics {
+        &self.metrics
     }
 
     pub(crate) fn rng(&self) -> &SystemRandom {
@@ -363,6 +375,7 @@ impl Keyring {
                 meta.name
             )));
         }
+        self.metrics.seals(before.saturating_add(count), budget);
         *self
             .pending_seals
             .lock()

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use omnimesh_proto::engine::v1 as pb;
-use ring::rand::SystemRandom;
 
 use super::convert;
 use crate::crypto::{self, AeadKey, envelope};
@@ -79,7 +78,7 @@ struct SealWith<'a> {
 impl SealWith<'_> {
     fn seal(
         &self,
-        rng: &SystemRandom,
+        nonce: [u8; crypto::NONCE_LEN],
         index: usize,
         plaintext: &[u8],
         associated_data: &[u8],
@@ -87,7 +86,7 @@ impl SealWith<'_> {
     ) -> Result<String, EngineError> {
         let version = self.version;
         with_aead(self.handle, self.derived, context, index, |key| {
-            let body = key.seal(rng, &envelope::aad(version, associated_data), plaintext)?;
+            let body = key.seal_body(nonce, &envelope::aad(version, associated_data), plaintext)?;
             Ok(envelope::format(version, &body))
         })
     }
@@ -114,13 +113,16 @@ pub(super) async fn encrypt(
 ) -> Result<Vec<pb::EncryptResult>, EngineError> {
     let meta = keyring.get(&request.key_name).await?;
     require(&meta, meta.key_type.encrypts(), "encrypt")?;
+    keyring
+        .metrics()
+        .operation("encrypt", meta.key_type, request.items.len());
     let version = meta.encryption_version(request.key_version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     keyring.reserve_seals(&meta, version, &handle, request.items.len() as u64)?;
     let bytes = request.items.iter().map(|item| item.plaintext.len()).sum();
     let derived = meta.derived;
+    let nonces = crypto::nonces(keyring.rng(), request.items.len())?;
     off_the_runtime(bytes, move || {
-        let rng = SystemRandom::new();
         let with = SealWith {
             handle: &handle,
             derived,
@@ -129,10 +131,11 @@ pub(super) async fn encrypt(
         request
             .items
             .into_iter()
+            .zip(nonces)
             .enumerate()
-            .map(|(index, item)| {
+            .map(|(index, (item, nonce))| {
                 let outcome = with.seal(
-                    &rng,
+                    nonce,
                     index,
                     &item.plaintext,
                     &item.associated_data,
@@ -204,6 +207,9 @@ pub(super) async fn decrypt(
 ) -> Result<Vec<pb::DecryptResult>, EngineError> {
     let meta = keyring.get(&request.key_name).await?;
     require(&meta, meta.key_type.encrypts(), "decrypt")?;
+    keyring
+        .metrics()
+        .operation("decrypt", meta.key_type, request.items.len());
     let parsed: Vec<Result<Sealed, EngineError>> = request
         .items
         .iter()
@@ -257,6 +263,9 @@ pub(super) async fn rewrap(
 ) -> Result<Vec<pb::EncryptResult>, EngineError> {
     let meta = keyring.get(&request.key_name).await?;
     require(&meta, meta.key_type.encrypts(), "rewrap")?;
+    keyring
+        .metrics()
+        .operation("rewrap", meta.key_type, request.items.len());
     let latest = meta.encryption_version(0, now_ms())?;
     let target = keyring.version(&meta, latest).await?;
     keyring.reserve_seals(&meta, latest, &target, request.items.len() as u64)?;
@@ -277,14 +286,15 @@ pub(super) async fn rewrap(
     .await;
     let bytes = request.items.iter().map(|item| item.ciphertext.len()).sum();
     let derived = meta.derived;
+    let nonces = crypto::nonces(keyring.rng(), request.items.len())?;
     off_the_runtime(bytes, move || {
-        let rng = SystemRandom::new();
         request
             .items
             .into_iter()
             .zip(parsed)
+            .zip(nonces)
             .enumerate()
-            .map(|(index, (item, parsed))| {
+            .map(|(index, ((item, parsed), nonce))| {
                 let outcome = open(
                     &handles,
                     derived,
@@ -301,7 +311,7 @@ pub(super) async fn rewrap(
                         version: latest,
                     }
                     .seal(
-                        &rng,
+                        nonce,
                         index,
                         &plaintext,
                         &item.associated_data,
@@ -326,6 +336,9 @@ pub(super) async fn generate_data_key(
     };
     let meta = keyring.get(&request.key_name).await?;
     require(&meta, meta.key_type.encrypts(), "wrap data keys")?;
+    keyring
+        .metrics()
+        .operation("generate_data_key", meta.key_type, 1);
     let version = meta.encryption_version(0, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     keyring.reserve_seals(&meta, version, &handle, 1)?;
@@ -335,7 +348,13 @@ pub(super) async fn generate_data_key(
         derived: meta.derived,
         version,
     }
-    .seal(keyring.rng(), 0, &plaintext, b"", &request.context)
+    .seal(
+        crypto::nonces(keyring.rng(), 1)?[0],
+        0,
+        &plaintext,
+        b"",
+        &request.context,
+    )
     .map_err(|error| match error {
         EngineError::InvalidArgument { reason, .. } => EngineError::invalid("context", reason),
         other => other,
@@ -357,6 +376,9 @@ pub(super) async fn sign(
 ) -> Result<Vec<pb::SignResult>, EngineError> {
     let meta = keyring.get(&request.key_name).await?;
     require(&meta, meta.key_type.signs(), "sign")?;
+    keyring
+        .metrics()
+        .operation("sign", meta.key_type, request.items.len());
     let encoding = convert::encoding(request.encoding)?;
     let version = meta.encryption_version(request.key_version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
@@ -395,6 +417,9 @@ pub(super) async fn verify(
 ) -> Result<Vec<pb::VerifyResult>, EngineError> {
     let meta = keyring.get(&request.key_name).await?;
     require(&meta, meta.key_type.signs(), "verify signatures")?;
+    keyring
+        .metrics()
+        .operation("verify", meta.key_type, request.items.len());
     let encoding = convert::encoding(request.encoding)?;
     let now = now_ms();
     Ok(request
@@ -443,6 +468,9 @@ pub(super) async fn hmac(
 ) -> Result<Vec<pb::HmacResult>, EngineError> {
     let meta = keyring.get(&request.key_name).await?;
     require(&meta, meta.key_type == KeyType::HmacSha256, "compute HMACs")?;
+    keyring
+        .metrics()
+        .operation("hmac", meta.key_type, request.items.len());
     let version = meta.encryption_version(request.key_version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     let key = hmac_key(&handle)?;
@@ -465,6 +493,9 @@ pub(super) async fn verify_hmac(
 ) -> Result<Vec<pb::VerifyResult>, EngineError> {
     let meta = keyring.get(&request.key_name).await?;
     require(&meta, meta.key_type == KeyType::HmacSha256, "verify HMACs")?;
+    keyring
+        .metrics()
+        .operation("verify_hmac", meta.key_type, request.items.len());
     let parsed: Vec<Result<(u32, Vec<u8>), EngineError>> = request
         .items
         .iter()

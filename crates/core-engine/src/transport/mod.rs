@@ -76,6 +76,7 @@ impl Engine for EngineService {
             .keyring
             .create(&request.name, key_type, request.derived, update)
             .await?;
+        self.keyring.metrics().operation("create", key_type, 1);
         let key = self.key_response(&meta).await?;
         Ok(Response::new(pb::CreateKeyResponse { key: Some(key) }))
     }
@@ -122,6 +123,7 @@ impl Engine for EngineService {
         request: Request<pb::RotateKeyRequest>,
     ) -> Reply<pb::RotateKeyResponse> {
         let meta = self.keyring.rotate(&request.into_inner().name).await?;
+        self.keyring.metrics().operation("rotate", meta.key_type, 1);
         let key = self.key_response(&meta).await?;
         Ok(Response::new(pb::RotateKeyResponse { key: Some(key) }))
     }
@@ -279,6 +281,12 @@ impl Engine for EngineService {
         Ok(Response::new(
             kernels::compute(&self.pool, request.into_inner()).await?,
         ))
+    }
+
+    async fn echo(&self, request: Request<pb::EchoRequest>) -> Reply<pb::EchoResponse> {
+        Ok(Response::new(pb::EchoResponse {
+            payload: request.into_inner().payload,
+        }))
     }
 
     async fn describe_ciphertext(

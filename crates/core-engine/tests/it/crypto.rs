@@ -237,6 +237,21 @@ async fn encrypt_decrypt_rotate_rewrap_and_minimums() {
         assert_eq!(key.versions.len(), 1);
         assert!(key.versions[0].seal_count >= 2, "{key:?}");
     }
+    // Key operations are counted by operation and key type, never by key name.
+    let metrics =
+        omnimesh_test_support::http::assert_probes(server.addr(), "omnimesh_core_engine").await;
+    for line in [
+        "omnimesh_core_engine_key_operations_total{operation=\"encrypt\",key_type=\"aes256-gcm\"} 2",
+        "omnimesh_core_engine_key_operation_items_total{operation=\"encrypt\",key_type=\"aes256-gcm\"} 4",
+        "omnimesh_core_engine_key_operations_total{operation=\"rotate\",key_type=\"chacha20-poly1305\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains("k-1"), "no key names in metrics");
+    assert!(
+        metrics.contains("omnimesh_core_engine_seal_budget_used_ratio "),
+        "{metrics}"
+    );
     server.stop().await.unwrap();
 }
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Sets core-engine's numbers (ours.json) against OpenSSL and numpy (baseline.json)
+measured in the same run, and prints a markdown table of ratios (> 1: we are faster).
+
+  python3 compare.py ours.json baseline.json
+"""
+import json, sys
+
+ours = json.load(open(sys.argv[1]))
+base = json.load(open(sys.argv[2]))
+np_ = base.get("numpy", {})
+ossl = base.get("openssl", {})
+
+def numpy_s(key):
+    return np_[key]["median_s"]
+
+rows = []
+def row(what, our, baseline_name, theirs, ratio, floor):
+    ok = "yes" if ratio >= floor else "NO"
+    rows.append(f"| {what} | {our} | {baseline_name}: {theirs} | **{ratio:.2f}×** | ≥ {floor} | {ok} |")
+
+bulk = ours["seal_in_place_aes256gcm_16KiB_1core_bytes_per_s"]
+ossl_gcm = ossl["aes-256-gcm x1"]["16384"]
+row("AES-256-GCM bulk sealing in place, 16 KiB buffers, 1 core", f"{bulk/1e6:,.0f} MB/s",
+    "openssl speed -evp aes-256-gcm", f"{ossl_gcm/1e6:,.0f} MB/s", bulk / ossl_gcm, 1.5)
+seal = ours["seal_aes256gcm_16KiB_1core_bytes_per_s"]
+row("AES-256-GCM sealing as Encrypt does (random nonce, new buffer), 16 KiB, 1 core",
+    f"{seal/1e6:,.0f} MB/s", "openssl speed -evp aes-256-gcm", f"{ossl_gcm/1e6:,.0f} MB/s",
+    seal / ossl_gcm, 1.0)
+
+echo = ours["rpc_echo_1KiB_64_in_flight_per_s"]
+enc = ours["rpc_encrypt_1KiB_64_in_flight_per_s"]
+row("Encrypt RPC, 1 KiB, 1 item, 64 in flight", f"{enc:,.0f} req/s",
+    "Echo RPC, same size, same server", f"{echo:,.0f} req/s", enc / echo, 0.8)
+
+batch = ours["rpc_encrypt_64x1KiB_8_in_flight_items_per_s"]
+inproc = ours["seal_aes256gcm_1KiB_1core_items_per_s"]
+row("Encrypt RPC, 64 × 1 KiB items per call, 8 in flight", f"{batch:,.0f} items/s",
+    "in-process sealing of 1 KiB items as Encrypt does (64 per batch, envelopes), 1 core", f"{inproc:,.0f} items/s", batch / inproc, 0.5)
+
+mv = ours["mean_variance_GB_per_s"]
+bw = max(v["GB_per_s"] for k, v in np_.items() if isinstance(v, dict) and k.startswith("mem_read_1GiB"))
+row(f"Analyze mean + variance, {ours['n']:,} f64", f"{mv:.2f} GB/s",
+    "memory read bandwidth (numpy, best of sum/ddot)", f"{bw:.2f} GB/s", mv / bw, 0.8)
+
+q = ours["quantiles_5_s"]
+nq = numpy_s("percentile_10M_f64 q=[1,25,50,75,99] (linear)")
+row(f"5 exact quantiles, {ours['n']:,} f64", f"{q*1e3:.0f} ms",
+    "numpy.percentile", f"{nq*1e3:.0f} ms", nq / q, 2.0)
+
+s = ours["sort_f64_s"]
+ns = numpy_s("sort_10M_f64 (np.sort, quicksort/introsort)")
+row(f"sort {ours['n']:,} f64 ({ours['threads']} threads)", f"{s*1e3:.0f} ms",
+    "numpy.sort", f"{ns*1e3:.0f} ms", ns / s, 1.5)
+
+side = ours["matmul_side"]
+g = ours["matmul_GFLOP_per_s"]
+key = f"matmul_{side}x{side}_f64 threads=2"
+if key in np_:
+    ng = np_[key]["GFLOP_per_s"]
+    row(f"matmul {side}² f64 (2 threads)", f"{g:.1f} GFLOP/s",
+        "numpy @ (OpenBLAS, 2 threads)", f"{ng:.1f} GFLOP/s", g / ng, 0.9)
+
+print(f"machine: {base.get('machine', {})}\n")
+print("| what | core-engine | baseline | ratio | floor | meets |")
+print("|---|---|---|---|---|---|")
+print("\n".join(rows))

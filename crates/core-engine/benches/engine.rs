@@ -1,0 +1,263 @@
+//! core-engine's side of `make bench-engine`: prints one JSON object with our numbers;
+//! `bench/engine/compare.py` sets them against OpenSSL and numpy measured in the same
+//! run. Each figure is the median of `REPEATS` timed runs after a warm-up.
+//!
+//! `cargo bench -p core-engine --bench engine [-- --quick]`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use core_engine::bench_support::{Sealer, matmul, mean_variance, quantiles, sort_f64};
+use core_engine::{App, Config};
+use omnimesh_proto::engine::v1::engine_client::EngineClient;
+use omnimesh_proto::engine::v1::*;
+use serde_json::json;
+
+const REPEATS: usize = 3;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Times `f` REPEATS times after one warm-up; the median in seconds.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    median(
+        (0..REPEATS)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// Standard normal values from a fixed-seed xorshift and Box–Muller.
+fn normals(n: usize) -> Vec<f64> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (u, v) = (next().max(1e-300), next());
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        })
+        .collect()
+}
+
+/// Operations per second of `op` over `window`, repeated.
+fn rate(window: Duration, mut op: impl FnMut() -> u64) -> f64 {
+    median(
+        (0..REPEATS)
+            .map(|_| {
+                let start = Instant::now();
+                let mut done = 0;
+                while start.elapsed() < window {
+                    done += op();
+                }
+                done as f64 / start.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// Calls per second with `in_flight` concurrent callers on one channel; the first
+/// round is a warm-up.
+async fn rpc_rate<F, Fut>(window: Duration, in_flight: usize, call: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let mut runs = Vec::new();
+    for _ in 0..=REPEATS {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|_| {
+                let call = call.clone();
+                tokio::spawn(async move {
+                    let mut done = 0;
+                    while start.elapsed() < window {
+                        done += call().await;
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut done = 0;
+        for task in tasks {
+            done += task.await.expect("caller");
+        }
+        runs.push(done as f64 / start.elapsed().as_secs_f64());
+    }
+    runs.remove(0);
+    median(runs)
+}
+
+fn main() {
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    let n = if quick { 1_000_000 } else { 10_000_000 };
+    let window = Duration::from_millis(if quick { 300 } else { 2000 });
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+
+    // AES-256-GCM sealing on one core, the Encrypt path (random nonce, bound prefix).
+    let sealer = Sealer::new();
+    let buffer = vec![0x5a_u8; 16 * 1024];
+    let seal_16k = rate(window, || {
+        black_box(sealer.seal(black_box(&buffer)));
+        buffer.len() as u64
+    });
+    let mut bulk = vec![0x5a_u8; 16 * 1024];
+    let mut counter = 0;
+    let seal_16k_in_place = rate(window, || {
+        counter += 1;
+        black_box(sealer.seal_in_place(counter, black_box(&mut bulk)));
+        bulk.len() as u64
+    });
+    // In-process sealing of 1 KiB items the way Encrypt seals a 64-item batch
+    // (nonces from one generator call, envelopes included).
+    let batch = vec![vec![0x5a_u8; 1024]; 64];
+    let seal_1k_items = rate(window, || {
+        black_box(sealer.seal_batch(black_box(&batch)));
+        batch.len() as u64
+    });
+
+    let values = normals(n);
+    let bytes = (n * 8) as f64;
+    let mean_var = time(|| {
+        black_box(mean_variance(black_box(&values)));
+    });
+    let qs = [0.01, 0.25, 0.5, 0.75, 0.99];
+    let quantiles_5 = time(|| {
+        let mut copy = values.clone();
+        black_box(quantiles(&mut copy, &qs));
+    });
+    let sort = time(|| {
+        let mut copy = values.clone();
+        sort_f64(&mut copy);
+        black_box(copy);
+    });
+    let side = if quick { 512 } else { 2048 };
+    let a = normals(side * side);
+    let b = normals(side * side);
+    let gemm = time(|| {
+        black_box(matmul(&a, &b, side, threads));
+    });
+    let gflops = 2.0 * (side as f64).powi(3) / gemm / 1e9;
+
+    // The RPCs: a real server on 127.0.0.1:0 and a warm client, both in this process.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (echo, encrypt_1, encrypt_64) = runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app = App::build(Config::for_test(dir.path()))
+            .await
+            .expect("engine");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = EngineClient::new(channel);
+        client
+            .create_key(CreateKeyRequest {
+                name: "bench".into(),
+                ..CreateKeyRequest::default()
+            })
+            .await
+            .expect("key");
+        let payload = vec![0x5a_u8; 1024];
+        let echo = {
+            let (client, payload) = (client.clone(), payload.clone());
+            rpc_rate(window, 64, move || {
+                let (mut client, payload) = (client.clone(), payload.clone());
+                async move {
+                    client.echo(EchoRequest { payload }).await.expect("echo");
+                    1
+                }
+            })
+            .await
+        };
+        let item = |payload: &Vec<u8>| EncryptItem {
+            plaintext: payload.clone(),
+            ..EncryptItem::default()
+        };
+        let encrypt_1 = {
+            let (client, items) = (client.clone(), vec![item(&payload)]);
+            rpc_rate(window, 64, move || {
+                let (mut client, items) = (client.clone(), items.clone());
+                async move {
+                    client
+                        .encrypt(EncryptRequest {
+                            key_name: "bench".into(),
+                            key_version: 0,
+                            items,
+                        })
+                        .await
+                        .expect("encrypt");
+                    1
+                }
+            })
+            .await
+        };
+        let encrypt_64 = {
+            let (client, items) = (client.clone(), vec![item(&payload); 64]);
+            rpc_rate(window, 8, move || {
+                let (mut client, items) = (client.clone(), items.clone());
+                async move {
+                    client
+                        .encrypt(EncryptRequest {
+                            key_name: "bench".into(),
+                            key_version: 0,
+                            items,
+                        })
+                        .await
+                        .expect("encrypt");
+                    64
+                }
+            })
+            .await
+        };
+        let _ = stop.send(());
+        server.await.expect("server task").expect("server");
+        (echo, encrypt_1, encrypt_64)
+    });
+
+    println!(
+        "{}",
+        json!({
+            "n": n,
+            "threads": threads,
+            "seal_aes256gcm_16KiB_1core_bytes_per_s": seal_16k,
+            "seal_in_place_aes256gcm_16KiB_1core_bytes_per_s": seal_16k_in_place,
+            "seal_aes256gcm_1KiB_1core_items_per_s": seal_1k_items,
+            "mean_variance_s": mean_var,
+            "mean_variance_GB_per_s": bytes / mean_var / 1e9,
+            "quantiles_5_s": quantiles_5,
+            "sort_f64_s": sort,
+            "matmul_side": side,
+            "matmul_s": gemm,
+            "matmul_GFLOP_per_s": gflops,
+            "rpc_echo_1KiB_64_in_flight_per_s": echo,
+            "rpc_encrypt_1KiB_64_in_flight_per_s": encrypt_1,
+            "rpc_encrypt_64x1KiB_8_in_flight_items_per_s": encrypt_64,
+        })
+    );
+}

@@ -1,0 +1,69 @@
+//! core-engine's own metrics, beside the per-RPC counts and latencies every service has:
+//! key operations and items by operation and key type (never by key name: names are
+//! unbounded), and the highest share of the AEAD nonce budget any key version has used.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::keys::model::KeyType;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+    key_type: String,
+}
+
+/// The engine's metrics; cheap to clone (shared counters).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EngineMetrics {
+    operations: Family<OperationLabels, Counter>,
+    items: Family<OperationLabels, Counter>,
+    budget_used: Gauge<f64, AtomicU64>,
+    most_seals: std::sync::Arc<AtomicU64>,
+}
+
+impl EngineMetrics {
+    /// Registers the metrics in `registry`.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "key_operations",
+            "Key operations by operation and key type",
+            metrics.operations.clone(),
+        );
+        registry.register(
+            "key_operation_items",
+            "Items processed by key operations, by operation and key type",
+            metrics.items.clone(),
+        );
+        registry.register(
+            "seal_budget_used_ratio",
+            "The highest share of its seal (nonce) budget any AEAD key version has used",
+            metrics.budget_used.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one call of `operation` on a `key_type` key with `items` items.
+    pub(crate) fn operation(&self, operation: &str, key_type: KeyType, items: usize) {
+        let labels = OperationLabels {
+            operation: operation.to_owned(),
+            key_type: key_type.as_str().to_owned(),
+        };
+        self.operations.get_or_create(&labels).inc();
+        self.items.get_or_create(&labels).inc_by(items as u64);
+    }
+
+    /// Notes that a version has made `seals` seals of its `budget`.
+    pub(crate) fn seals(&self, seals: u64, budget: u64) {
+        let before = self.most_seals.fetch_max(seals, Ordering::Relaxed);
+        if seals > before {
+            self.budget_used.set(seals as f64 / budget.max(1) as f64);
+        }
+    }
+}
