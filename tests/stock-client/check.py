@@ -68,15 +68,23 @@ def reflected_pool(channel, symbol):
         if name in added:
             return
         proto = sent.get(name)
-        if proto is None:
+        if proto is None and name.startswith("google/protobuf/"):
             proto = descriptor_pb2.FileDescriptorProto()
             descriptor_pool.Default().FindFileByName(name).CopyToProto(proto)
+        elif proto is None:
+            # Not sent with the symbol's file: ask for it by name.
+            by_name = v1alpha_pb2.ServerReflectionRequest(file_by_filename=name)
+            reply = next(stub.ServerReflectionInfo(iter([by_name]), timeout=5))
+            for raw in reply.file_descriptor_response.file_descriptor_proto:
+                fetched = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                sent.setdefault(fetched.name, fetched)
+            proto = sent[name]
         for dependency in proto.dependency:
             add(dependency)
         pool.Add(proto)
         added.add(name)
 
-    for name in sent:
+    for name in list(sent):
         add(name)
     return pool
 
