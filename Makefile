@@ -85,11 +85,12 @@ fuzz-nl:
 	cd fuzz && $(CARGO) fuzz run --sanitizer none interpret -- \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=1024 -print_final_stats=1
 
-# The core-engine fuzz targets (ciphertext parsing and opening, Analyze input), each for
+# The core-engine fuzz targets (ciphertext parsing and opening, stream framing, Analyze
+# input), each for
 # FUZZ_SECONDS.
 fuzz-engine:
 	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
-	for target in engine_ciphertext engine_analyze; do \
+	for target in engine_ciphertext engine_stream engine_analyze; do \
 	  mkdir -p fuzz/corpus/$$target; \
 	  (cd fuzz && $(CARGO) fuzz run --sanitizer none $$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \

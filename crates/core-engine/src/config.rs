@@ -113,6 +113,8 @@ pub struct LimitsConfig {
     pub max_random_bytes: usize,
     /// Most values one AnalyzeStream call may send in all.
     pub max_stream_values: usize,
+    /// Most plaintext bytes one EncryptStream call may carry.
+    pub max_stream_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -122,6 +124,7 @@ impl Default for LimitsConfig {
             max_batch_items: 10_000,
             max_random_bytes: 1 << 20,
             max_stream_values: 50_000_000,
+            max_stream_bytes: 1 << 36,
         }
     }
 }
@@ -149,6 +152,12 @@ impl ServiceConfig for Config {
         }
         if self.keys.max_connections == 0 {
             return Err(Invalid::new("keys.max_connections", "must be at least 1"));
+        }
+        if self.limits.max_stream_bytes == 0 {
+            return Err(Invalid::new(
+                "limits.max_stream_bytes",
+                "must be at least 1",
+            ));
         }
         if self.keys.max_seals_per_version == 0 {
             return Err(Invalid::new(

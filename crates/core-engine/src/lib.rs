@@ -219,6 +219,24 @@ pub mod fuzz_support {
             .is_ok()
     }
 
+    /// Feeds arbitrary bytes, in pieces whose sizes come from the input, to the stream
+    /// decryptor: never a panic, never more than one chunk buffered, never a success.
+    pub fn decrypt_stream(data: &[u8]) -> bool {
+        use crate::crypto::chunked::Decryptor;
+        let Some((&piece, rest)) = data.split_first() else {
+            return false;
+        };
+        let Ok(mut decryptor) = Decryptor::new(AeadAlg::Aes256Gcm, &[2; 32], b"fuzz") else {
+            return false;
+        };
+        for part in rest.chunks(usize::from(piece) * 64 + 1) {
+            if decryptor.push(part).is_err() {
+                return false;
+            }
+        }
+        decryptor.finish().is_ok()
+    }
+
     /// Runs Analyze on values and options decoded from arbitrary bytes.
     pub fn analyze_bytes(data: &[u8]) {
         let Some((&options, rest)) = data.split_first() else {

@@ -4,6 +4,7 @@
 //! `omnimesh:v<N>:<base64>` strings. The RPCs and the test-vector suites call the same
 //! functions.
 
+pub(crate) mod chunked;
 pub(crate) mod envelope;
 #[cfg(test)]
 mod vectors;

@@ -1,10 +1,11 @@
 //! The tonic implementation of `omnimesh.engine.v1.Engine`: request checks, limits and
 //! the mapping between proto messages and the keyring, crypto, analyze and compute
-//! modules. EncryptStream and DecryptStream answer `UNIMPLEMENTED` until they land.
+//! modules; `stream` the chunked EncryptStream and DecryptStream.
 
 mod convert;
 mod data;
 mod kernels;
+mod stream;
 
 use std::sync::Arc;
 
@@ -280,6 +281,34 @@ impl Engine for EngineService {
     async fn compute(&self, request: Request<pb::ComputeRequest>) -> Reply<pb::ComputeResponse> {
         Ok(Response::new(
             kernels::compute(&self.pool, request.into_inner()).await?,
+        ))
+    }
+
+    async fn encrypt_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamChunk>>,
+    ) -> Reply<tonic::codegen::BoxStream<pb::StreamChunk>> {
+        Ok(Response::new(
+            stream::encrypt(
+                &self.keyring,
+                self.limits.max_stream_bytes,
+                request.into_inner(),
+            )
+            .await?,
+        ))
+    }
+
+    async fn decrypt_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamChunk>>,
+    ) -> Reply<tonic::codegen::BoxStream<pb::StreamChunk>> {
+        Ok(Response::new(
+            stream::decrypt(
+                &self.keyring,
+                self.limits.max_stream_bytes,
+                request.into_inner(),
+            )
+            .await?,
         ))
     }
 

@@ -4,6 +4,7 @@
 mod crypto;
 mod kernels;
 mod serving;
+mod stream;
 
 use core_engine::{App, Config};
 use omnimesh_test_support::TestServer;
