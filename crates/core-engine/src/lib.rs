@@ -220,15 +220,21 @@ pub mod fuzz_support {
     }
 
     /// Feeds arbitrary bytes, in pieces whose sizes come from the input, to the stream
-    /// decryptor: never a panic, never more than one chunk buffered, never a success.
+    /// decryptor, after a valid header so the chunk framing is reached: never a panic,
+    /// never more than one chunk buffered, never a success.
     pub fn decrypt_stream(data: &[u8]) -> bool {
-        use crate::crypto::chunked::Decryptor;
+        use crate::crypto::chunked::{Decryptor, Encryptor};
         let Some((&piece, rest)) = data.split_first() else {
             return false;
         };
+        let (_, header) = Encryptor::with_salt(AeadAlg::Aes256Gcm, &[2; 32], b"fuzz", [7; 24])
+            .expect("a 32-byte key");
         let Ok(mut decryptor) = Decryptor::new(AeadAlg::Aes256Gcm, &[2; 32], b"fuzz") else {
             return false;
         };
+        if decryptor.push(&header).is_err() {
+            return false;
+        }
         for part in rest.chunks(usize::from(piece) * 64 + 1) {
             if decryptor.push(part).is_err() {
                 return false;

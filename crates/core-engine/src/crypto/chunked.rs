@@ -108,7 +108,7 @@ impl Encryptor {
         Self::with_salt(alg, input_key, context, salt)
     }
 
-    fn with_salt(
+    pub(crate) fn with_salt(
         alg: AeadAlg,
         input_key: &[u8],
         context: &[u8],
