@@ -268,31 +268,31 @@ fn non_finite(values: &[f64]) -> (u64, u64, Option<usize>) {
     (nan, inf, first)
 }
 
-/// Exact quantiles by linear interpolation between closest ranks (numpy's default),
-/// selecting only the ranks needed. `values` is reordered; it must hold no NaN.
-pub(crate) fn quantiles(values: &mut [f64], qs: &[f64]) -> Vec<f64> {
-    if values.is_empty() {
-        return vec![f64::NAN; qs.len()];
-    }
-    let last = values.len() - 1;
+/// The ranks whose elements the linear interpolation of `qs` needs.
+fn needed_ranks(len: usize, qs: &[f64]) -> Vec<usize> {
+    let last = len - 1;
     let mut ranks: Vec<usize> = qs
         .iter()
         .flat_map(|q| {
-            let position = q * last as f64;
-            let lo = position.floor() as usize;
+            let lo = (q * last as f64).floor() as usize;
             [lo.min(last), (lo + 1).min(last)]
         })
         .collect();
     ranks.sort_unstable();
     ranks.dedup();
-    select_ranks(values, 0, &ranks);
+    ranks
+}
+
+/// numpy's linear interpolation from the elements at the needed ranks.
+fn interpolate(len: usize, qs: &[f64], at: impl Fn(usize) -> f64) -> Vec<f64> {
+    let last = len - 1;
     qs.iter()
         .map(|q| {
             let position = q * last as f64;
             let lo = (position.floor() as usize).min(last);
             let hi = (lo + 1).min(last);
             let fraction = position - lo as f64;
-            let (a, b) = (values[lo], values[hi]);
+            let (a, b) = (at(lo), at(hi));
             if fraction == 0.0 || a == b {
                 a
             } else {
@@ -300,6 +300,118 @@ pub(crate) fn quantiles(values: &mut [f64], qs: &[f64]) -> Vec<f64> {
             }
         })
         .collect()
+}
+
+/// Exact quantiles by linear interpolation between closest ranks (numpy's default),
+/// selecting only the ranks needed. `values` is reordered; it must hold no NaN.
+pub(crate) fn quantiles(values: &mut [f64], qs: &[f64]) -> Vec<f64> {
+    if values.is_empty() {
+        return vec![f64::NAN; qs.len()];
+    }
+    if values.len() >= SAMPLED_MIN
+        && let Some(found) = sampled_quantiles(values, qs)
+    {
+        return found;
+    }
+    let ranks = needed_ranks(values.len(), qs);
+    select_ranks(values, 0, &ranks);
+    interpolate(values.len(), qs, |rank| values[rank])
+}
+
+/// Exact quantiles of a slice left as it is: sampled when large (no copy), else a copy
+/// and selection.
+pub(crate) fn quantiles_of(values: &[f64], qs: &[f64]) -> Vec<f64> {
+    if values.len() >= SAMPLED_MIN
+        && let Some(found) = sampled_quantiles(values, qs)
+    {
+        return found;
+    }
+    quantiles(&mut values.to_vec(), qs)
+}
+
+/// Inputs at least this long use the sampling method.
+const SAMPLED_MIN: usize = 1 << 20;
+/// Values in the sample, and the half-width of each bracket in sample positions
+/// (about 4 standard deviations of a sampled rank: a miss, then a full selection, is
+/// rare).
+const SAMPLE: usize = 1 << 16;
+const BRACKET: usize = 512;
+
+/// Quantiles without reordering or copying the input: a strided sample brackets every
+/// needed rank between two values; one parallel pass counts what lies below each bracket
+/// and keeps what lies inside; each rank is then selected among those few. `None` when
+/// a bracket missed its rank (adversarial layouts), and the caller selects in full.
+fn sampled_quantiles(values: &[f64], qs: &[f64]) -> Option<Vec<f64>> {
+    let n = values.len();
+    let ranks = needed_ranks(n, qs);
+    let mut sample: Vec<f64> = (0..SAMPLE).map(|i| values[i * (n / SAMPLE)]).collect();
+    sample.sort_unstable_by(f64::total_cmp);
+    // One bracket per rank, merged where they overlap.
+    let mut brackets: Vec<(f64, f64)> = Vec::new();
+    for &rank in &ranks {
+        let position = rank * SAMPLE / n;
+        let lo = sample[position.saturating_sub(BRACKET)];
+        let hi = sample[(position + BRACKET).min(SAMPLE - 1)];
+        let lo = if position < BRACKET {
+            f64::NEG_INFINITY
+        } else {
+            lo
+        };
+        let hi = if position + BRACKET >= SAMPLE {
+            f64::INFINITY
+        } else {
+            hi
+        };
+        match brackets.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => brackets.push((lo, hi)),
+        }
+    }
+    let k = brackets.len();
+    // Position of x among the 2k bracket edges (branch-free): even = between brackets
+    // (2j: below bracket j), odd = inside bracket (p − 1) / 2.
+    let scan = |chunk: &[f64]| {
+        let mut positions = vec![0_usize; 2 * k + 1];
+        let mut inside: Vec<Vec<f64>> = vec![Vec::new(); k];
+        for &x in chunk {
+            let p: usize = brackets
+                .iter()
+                .map(|&(lo, hi)| usize::from(x >= lo) + usize::from(x > hi))
+                .sum();
+            positions[p] += 1;
+            if p % 2 == 1 {
+                inside[p / 2].push(x);
+            }
+        }
+        (positions, inside)
+    };
+    let (positions, mut inside) = values.par_chunks(CHUNK).map(scan).reduce(
+        || (vec![0; 2 * k + 1], vec![Vec::new(); k]),
+        |(mut p1, mut i1), (p2, i2)| {
+            for (a, b) in p1.iter_mut().zip(p2) {
+                *a += b;
+            }
+            for (a, b) in i1.iter_mut().zip(i2) {
+                a.extend(b);
+            }
+            (p1, i1)
+        },
+    );
+    // Values below bracket j: every position up to 2j.
+    let below: Vec<usize> = (0..k).map(|j| positions[..=2 * j].iter().sum()).collect();
+    // Each rank must fall inside its bracket, which must stay small.
+    let mut at = std::collections::HashMap::new();
+    for &rank in &ranks {
+        let j = (0..k).find(|&j| rank >= below[j] && rank < below[j] + inside[j].len())?;
+        if inside[j].len() > n / 8 {
+            return None;
+        }
+        let local = rank - below[j];
+        let bucket = &mut inside[j];
+        let (_, value, _) = bucket.select_nth_unstable_by(local, f64::total_cmp);
+        at.insert(rank, *value);
+    }
+    Some(interpolate(n, qs, |rank| at[&rank]))
 }
 
 /// Puts the element of every rank in `ranks` (sorted, absolute, offset by `base`) at its
@@ -688,6 +800,36 @@ mod tests {
             .map(chunk_moments)
             .fold(Moments::EMPTY, Moments::merge);
         assert!((report.moments.variance() - serial.variance()).abs() <= serial.variance() * 1e-12);
+    }
+
+    #[test]
+    fn sampled_quantiles_agree_with_selection_on_every_layout() {
+        let n = SAMPLED_MIN + 12_345;
+        let random: Vec<f64> = (0..n as u64)
+            .map(|i| (i.wrapping_mul(2_654_435_761) % 1_000_003) as f64)
+            .collect();
+        let mut sorted = random.clone();
+        sorted.sort_by(f64::total_cmp);
+        let reversed: Vec<f64> = sorted.iter().rev().copied().collect();
+        let constant = vec![4.25; n];
+        // Period equal to the sample stride: the strided sample sees one value only.
+        let periodic: Vec<f64> = (0..n).map(|i| (i % (n / SAMPLE)) as f64).collect();
+        let qs = [0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0];
+        for (name, values) in [
+            ("random", random),
+            ("sorted", sorted),
+            ("reversed", reversed),
+            ("constant", constant),
+            ("periodic", periodic),
+        ] {
+            let mut reference = values.clone();
+            reference.sort_by(f64::total_cmp);
+            let expected: Vec<f64> = qs
+                .iter()
+                .map(|q| quantile_of_sorted(&reference, *q))
+                .collect();
+            assert_eq!(quantiles(&mut values.clone(), &qs), expected, "{name}");
+        }
     }
 
     proptest! {
