@@ -148,12 +148,15 @@ pub(super) async fn encrypt(
     .await
 }
 
+/// Per version: its handle, or why it cannot be used.
+type Handles = HashMap<u32, Result<Arc<VersionHandle>, EngineError>>;
+
 /// The handles of every version the parsed items need, or why each cannot be used.
 async fn handles_for(
     keyring: &Keyring,
     meta: &KeyMeta,
     versions: impl Iterator<Item = u32>,
-) -> HashMap<u32, Result<Arc<VersionHandle>, EngineError>> {
+) -> Handles {
     let mut handles = HashMap::new();
     let now = now_ms();
     for version in versions {
@@ -175,7 +178,7 @@ struct Sealed {
 }
 
 fn open(
-    handles: &HashMap<u32, Result<Arc<VersionHandle>, EngineError>>,
+    handles: &Handles,
     derived: bool,
     index: usize,
     parsed: &Result<Sealed, EngineError>,
@@ -196,6 +199,24 @@ fn open(
     })
 }
 
+/// Every item's ciphertext parsed, and the handles of the versions they need.
+async fn parse_all<'a>(
+    keyring: &Keyring,
+    meta: &KeyMeta,
+    ciphertexts: impl Iterator<Item = &'a String>,
+) -> (Vec<Result<Sealed, EngineError>>, Handles) {
+    let parsed: Vec<Result<Sealed, EngineError>> = ciphertexts
+        .enumerate()
+        .map(|(index, ciphertext)| parse(index, ciphertext))
+        .collect();
+    let versions = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .map(|s| s.version);
+    let handles = handles_for(keyring, meta, versions).await;
+    (parsed, handles)
+}
+
 fn parse(index: usize, ciphertext: &str) -> Result<Sealed, EngineError> {
     envelope::parse(&format!("items[{index}].ciphertext"), ciphertext)
         .map(|(version, body)| Sealed { version, body })
@@ -210,19 +231,10 @@ pub(super) async fn decrypt(
     keyring
         .metrics()
         .operation("decrypt", meta.key_type, request.items.len());
-    let parsed: Vec<Result<Sealed, EngineError>> = request
-        .items
-        .iter()
-        .enumerate()
-        .map(|(index, item)| parse(index, &item.ciphertext))
-        .collect();
-    let handles = handles_for(
+    let (parsed, handles) = parse_all(
         keyring,
         &meta,
-        parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .map(|s| s.version),
+        request.items.iter().map(|item| &item.ciphertext),
     )
     .await;
     let bytes = request.items.iter().map(|item| item.ciphertext.len()).sum();
@@ -269,19 +281,10 @@ pub(super) async fn rewrap(
     let latest = meta.encryption_version(0, now_ms())?;
     let target = keyring.version(&meta, latest).await?;
     keyring.reserve_seals(&meta, latest, &target, request.items.len() as u64)?;
-    let parsed: Vec<Result<Sealed, EngineError>> = request
-        .items
-        .iter()
-        .enumerate()
-        .map(|(index, item)| parse(index, &item.ciphertext))
-        .collect();
-    let handles = handles_for(
+    let (parsed, handles) = parse_all(
         keyring,
         &meta,
-        parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .map(|s| s.version),
+        request.items.iter().map(|item| &item.ciphertext),
     )
     .await;
     let bytes = request.items.iter().map(|item| item.ciphertext.len()).sum();

@@ -48,6 +48,25 @@ async fn first_header(
     }
 }
 
+/// The request header and its key, which must be an AEAD key.
+async fn open_call(
+    keyring: &Keyring,
+    incoming: &mut tonic::Streaming<pb::StreamChunk>,
+    what: &str,
+) -> Result<(pb::StreamHeader, std::sync::Arc<KeyMeta>), Status> {
+    let request = first_header(incoming).await?;
+    let meta = keyring.get(&request.key_name).await?;
+    if !meta.key_type.encrypts() {
+        return Err(EngineError::FailedPrecondition(format!(
+            "key `{}` is {}; it cannot {what}",
+            meta.name,
+            meta.key_type.as_str()
+        ))
+        .into());
+    }
+    Ok((request, meta))
+}
+
 /// The input key of one version for one stream: the version's key, or the key derived
 /// from the context for derived keys.
 fn input_key(
@@ -107,16 +126,7 @@ pub(super) async fn encrypt(
     max_bytes: u64,
     mut incoming: tonic::Streaming<pb::StreamChunk>,
 ) -> Result<BoxStream<pb::StreamChunk>, Status> {
-    let request = first_header(&mut incoming).await?;
-    let meta = keyring.get(&request.key_name).await?;
-    if !meta.key_type.encrypts() {
-        return Err(EngineError::FailedPrecondition(format!(
-            "key `{}` is {}; it cannot encrypt",
-            meta.name,
-            meta.key_type.as_str()
-        ))
-        .into());
-    }
+    let (request, meta) = open_call(keyring, &mut incoming, "encrypt").await?;
     let version = meta.encryption_version(request.key_version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     let (alg, key) = input_key(&meta, &handle.material, &request.context)?;
@@ -183,16 +193,7 @@ pub(super) async fn decrypt(
     max_bytes: u64,
     mut incoming: tonic::Streaming<pb::StreamChunk>,
 ) -> Result<BoxStream<pb::StreamChunk>, Status> {
-    let request = first_header(&mut incoming).await?;
-    let meta = keyring.get(&request.key_name).await?;
-    if !meta.key_type.encrypts() {
-        return Err(EngineError::FailedPrecondition(format!(
-            "key `{}` is {}; it cannot decrypt",
-            meta.name,
-            meta.key_type.as_str()
-        ))
-        .into());
-    }
+    let (request, meta) = open_call(keyring, &mut incoming, "decrypt").await?;
     // The version comes from the stream's first bytes.
     let mut pending = Vec::with_capacity(PREFIX_LEN);
     let mut rest = Vec::new();
