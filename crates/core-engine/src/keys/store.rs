@@ -263,10 +263,7 @@ impl KeyStore {
         .await
         .map_err(store_error)?;
         if updated.rows_affected() != 1 {
-            return Err(EngineError::Aborted(format!(
-                "key `{}` changed concurrently; retry",
-                key.name
-            )));
+            return Err(changed_concurrently(&key.name));
         }
         let version = key.versions.last().ok_or(EngineError::Internal)?;
         insert_version(&mut tx, &key.name, version, wrapped, master_key_id).await?;
@@ -298,10 +295,7 @@ impl KeyStore {
         .await
         .map_err(store_error)?;
         if updated.rows_affected() != 1 {
-            return Err(EngineError::Aborted(format!(
-                "key `{}` changed concurrently; retry",
-                key.name
-            )));
+            return Err(changed_concurrently(&key.name));
         }
         sqlx::query(
             "UPDATE engine_key_versions SET wrapped = NULL WHERE key_name = $1 AND version < $2",
@@ -374,6 +368,11 @@ impl KeyStore {
     }
 }
 
+/// The loser of a race on a key's revision.
+fn changed_concurrently(name: &str) -> EngineError {
+    EngineError::Aborted(format!("key `{name}` changed concurrently; retry"))
+}
+
 fn max_age_seconds(retention: &Retention) -> i64 {
     retention
         .max_age
@@ -401,9 +400,9 @@ async fn insert_version(
     .execute(&mut **tx)
     .await;
     match inserted {
-        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Err(
-            EngineError::Aborted(format!("key `{name}` changed concurrently; retry")),
-        ),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            Err(changed_concurrently(name))
+        }
         other => other.map(|_| ()).map_err(store_error),
     }
 }
