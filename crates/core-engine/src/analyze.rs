@@ -100,34 +100,6 @@ fn lanes_sum(values: &[f64]) -> f64 {
     sums.iter().sum::<f64>() + lanes.remainder().iter().sum::<f64>()
 }
 
-/// Sum of squared deviations from `mean`, with min and max; for NaN-free input.
-fn lanes_m2_min_max(values: &[f64], mean: f64) -> (f64, f64, f64) {
-    let mut acc = [0.0_f64; 8];
-    let mut mins = [f64::INFINITY; 8];
-    let mut maxs = [f64::NEG_INFINITY; 8];
-    let mut lanes = values.chunks_exact(8);
-    for lane in &mut lanes {
-        for i in 0..8 {
-            let x = lane[i];
-            let d = x - mean;
-            acc[i] += d * d;
-            // Plain comparisons (not f64::min): the input has no NaN, and these vectorise.
-            mins[i] = if x < mins[i] { x } else { mins[i] };
-            maxs[i] = if x > maxs[i] { x } else { maxs[i] };
-        }
-    }
-    let mut m2: f64 = acc.iter().sum();
-    let mut min = mins.iter().copied().fold(f64::INFINITY, f64::min);
-    let mut max = maxs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    for &x in lanes.remainder() {
-        let d = x - mean;
-        m2 += d * d;
-        min = min.min(x);
-        max = max.max(x);
-    }
-    (m2, min, max)
-}
-
 /// Shifted sums in one pass: Σ(x−k), Σ(x−k)², min, max (8 vectorised lanes).
 fn lanes_shifted(values: &[f64], k: f64) -> (f64, f64, f64, f64) {
     let mut s1 = [0.0_f64; 8];
@@ -174,8 +146,10 @@ fn chunk_moments(values: &[f64]) -> Moments {
     }
     let correction = s1 * s1 / n;
     let m2 = if correction > 0.5 * s2 {
+        // Shifted by the mean itself, the correction term is negligible.
         let mean = lanes_sum(values) / n;
-        lanes_m2_min_max(values, mean).0
+        let (d1, d2, _, _) = lanes_shifted(values, mean);
+        d2 - d1 * d1 / n
     } else {
         s2 - correction
     };
@@ -197,7 +171,8 @@ fn two_pass_moments(values: &[f64]) -> Moments {
     }
     let sum = lanes_sum(values);
     let mean = sum / values.len() as f64;
-    let (m2, min, max) = lanes_m2_min_max(values, mean);
+    let (d1, d2, min, max) = lanes_shifted(values, mean);
+    let m2 = d2 - d1 * d1 / values.len() as f64;
     Moments {
         count: values.len() as u64,
         mean,

@@ -42,6 +42,21 @@ fn require(meta: &KeyMeta, ok: bool, what: &str) -> Result<(), EngineError> {
     }
 }
 
+/// The key named by a request, checked for the operation and counted in the metrics.
+async fn key_for(
+    keyring: &Keyring,
+    name: &str,
+    able: fn(KeyType) -> bool,
+    what: &str,
+    operation: &str,
+    items: usize,
+) -> Result<std::sync::Arc<KeyMeta>, EngineError> {
+    let meta = keyring.get(name).await?;
+    require(&meta, able(meta.key_type), what)?;
+    keyring.metrics().operation(operation, meta.key_type, items);
+    Ok(meta)
+}
+
 /// Runs `f` with the AEAD key for an item: the version's key, or one derived from
 /// `context` for derived keys.
 fn with_aead<R>(
@@ -111,11 +126,15 @@ pub(super) async fn encrypt(
     keyring: &Keyring,
     request: pb::EncryptRequest,
 ) -> Result<Vec<pb::EncryptResult>, EngineError> {
-    let meta = keyring.get(&request.key_name).await?;
-    require(&meta, meta.key_type.encrypts(), "encrypt")?;
-    keyring
-        .metrics()
-        .operation("encrypt", meta.key_type, request.items.len());
+    let meta = key_for(
+        keyring,
+        &request.key_name,
+        KeyType::encrypts,
+        "encrypt",
+        "encrypt",
+        request.items.len(),
+    )
+    .await?;
     let version = meta.encryption_version(request.key_version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     keyring.reserve_seals(&meta, version, &handle, request.items.len() as u64)?;
@@ -226,11 +245,15 @@ pub(super) async fn decrypt(
     keyring: &Keyring,
     request: pb::DecryptRequest,
 ) -> Result<Vec<pb::DecryptResult>, EngineError> {
-    let meta = keyring.get(&request.key_name).await?;
-    require(&meta, meta.key_type.encrypts(), "decrypt")?;
-    keyring
-        .metrics()
-        .operation("decrypt", meta.key_type, request.items.len());
+    let meta = key_for(
+        keyring,
+        &request.key_name,
+        KeyType::encrypts,
+        "decrypt",
+        "decrypt",
+        request.items.len(),
+    )
+    .await?;
     let (parsed, handles) = parse_all(
         keyring,
         &meta,
@@ -273,11 +296,15 @@ pub(super) async fn rewrap(
     keyring: &Keyring,
     request: pb::RewrapRequest,
 ) -> Result<Vec<pb::EncryptResult>, EngineError> {
-    let meta = keyring.get(&request.key_name).await?;
-    require(&meta, meta.key_type.encrypts(), "rewrap")?;
-    keyring
-        .metrics()
-        .operation("rewrap", meta.key_type, request.items.len());
+    let meta = key_for(
+        keyring,
+        &request.key_name,
+        KeyType::encrypts,
+        "rewrap",
+        "rewrap",
+        request.items.len(),
+    )
+    .await?;
     let latest = meta.encryption_version(0, now_ms())?;
     let target = keyring.version(&meta, latest).await?;
     keyring.reserve_seals(&meta, latest, &target, request.items.len() as u64)?;
@@ -337,11 +364,15 @@ pub(super) async fn generate_data_key(
         bits @ (128 | 256 | 512) => bits,
         _ => return Err(EngineError::invalid("bits", "one of 128, 256, 512")),
     };
-    let meta = keyring.get(&request.key_name).await?;
-    require(&meta, meta.key_type.encrypts(), "wrap data keys")?;
-    keyring
-        .metrics()
-        .operation("generate_data_key", meta.key_type, 1);
+    let meta = key_for(
+        keyring,
+        &request.key_name,
+        KeyType::encrypts,
+        "wrap data keys",
+        "generate_data_key",
+        1,
+    )
+    .await?;
     let version = meta.encryption_version(0, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     keyring.reserve_seals(&meta, version, &handle, 1)?;
@@ -377,11 +408,15 @@ pub(super) async fn sign(
     keyring: &Keyring,
     request: pb::SignRequest,
 ) -> Result<Vec<pb::SignResult>, EngineError> {
-    let meta = keyring.get(&request.key_name).await?;
-    require(&meta, meta.key_type.signs(), "sign")?;
-    keyring
-        .metrics()
-        .operation("sign", meta.key_type, request.items.len());
+    let meta = key_for(
+        keyring,
+        &request.key_name,
+        KeyType::signs,
+        "sign",
+        "sign",
+        request.items.len(),
+    )
+    .await?;
     let encoding = convert::encoding(request.encoding)?;
     let version = meta.encryption_version(request.key_version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
@@ -418,11 +453,15 @@ pub(super) async fn verify(
     keyring: &Keyring,
     request: pb::VerifyRequest,
 ) -> Result<Vec<pb::VerifyResult>, EngineError> {
-    let meta = keyring.get(&request.key_name).await?;
-    require(&meta, meta.key_type.signs(), "verify signatures")?;
-    keyring
-        .metrics()
-        .operation("verify", meta.key_type, request.items.len());
+    let meta = key_for(
+        keyring,
+        &request.key_name,
+        KeyType::signs,
+        "verify signatures",
+        "verify",
+        request.items.len(),
+    )
+    .await?;
     let encoding = convert::encoding(request.encoding)?;
     let now = now_ms();
     Ok(request
@@ -469,11 +508,15 @@ pub(super) async fn hmac(
     keyring: &Keyring,
     request: pb::HmacRequest,
 ) -> Result<Vec<pb::HmacResult>, EngineError> {
-    let meta = keyring.get(&request.key_name).await?;
-    require(&meta, meta.key_type == KeyType::HmacSha256, "compute HMACs")?;
-    keyring
-        .metrics()
-        .operation("hmac", meta.key_type, request.items.len());
+    let meta = key_for(
+        keyring,
+        &request.key_name,
+        |key_type| key_type == KeyType::HmacSha256,
+        "compute HMACs",
+        "hmac",
+        request.items.len(),
+    )
+    .await?;
     let version = meta.encryption_version(request.key_version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     let key = hmac_key(&handle)?;
@@ -494,11 +537,15 @@ pub(super) async fn verify_hmac(
     keyring: &Keyring,
     request: pb::VerifyHmacRequest,
 ) -> Result<Vec<pb::VerifyResult>, EngineError> {
-    let meta = keyring.get(&request.key_name).await?;
-    require(&meta, meta.key_type == KeyType::HmacSha256, "verify HMACs")?;
-    keyring
-        .metrics()
-        .operation("verify_hmac", meta.key_type, request.items.len());
+    let meta = key_for(
+        keyring,
+        &request.key_name,
+        |key_type| key_type == KeyType::HmacSha256,
+        "verify HMACs",
+        "verify_hmac",
+        request.items.len(),
+    )
+    .await?;
     let parsed: Vec<Result<(u32, Vec<u8>), EngineError>> = request
         .items
         .iter()

@@ -130,7 +130,7 @@ pub(super) async fn encrypt(
     let version = meta.encryption_version(request.key_version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     let (alg, key) = input_key(&meta, &handle.material, &request.context)?;
-    let (mut encryptor, cobblestone_header) = Encryptor::new(
+    let (encryptor, cobblestone_header) = Encryptor::new(
         alg,
         &key,
         &context(version, &request.associated_data),
@@ -139,53 +139,11 @@ pub(super) async fn encrypt(
     keyring
         .metrics()
         .operation("encrypt_stream", meta.key_type, 1);
-    let (sender, receiver) = mpsc::channel(IN_FLIGHT);
-    let name = meta.name.clone();
-    tokio::spawn(async move {
-        let result: Result<(), Status> = async {
-            let mut prefix = MAGIC.to_vec();
-            prefix.extend_from_slice(&version.to_be_bytes());
-            prefix.extend(cobblestone_header);
-            for message in [header(&name, version), data(prefix)] {
-                sender
-                    .send(Ok(message))
-                    .await
-                    .map_err(|_| Status::cancelled("gone"))?;
-            }
-            let mut total: u64 = 0;
-            while let Some(message) = incoming.next().await.transpose()? {
-                let Some(Part::Data(bytes)) = message.part else {
-                    return Err(
-                        EngineError::invalid("data", "only the first message is a header").into(),
-                    );
-                };
-                total += bytes.len() as u64;
-                if total > max_bytes {
-                    return Err(over_limit(max_bytes, total));
-                }
-                let sealed = encryptor.push(&bytes)?;
-                if !sealed.is_empty() {
-                    sender
-                        .send(Ok(data(sealed)))
-                        .await
-                        .map_err(|_| Status::cancelled("gone"))?;
-                }
-            }
-            let last = encryptor.finish()?;
-            sender
-                .send(Ok(data(last)))
-                .await
-                .map_err(|_| Status::cancelled("gone"))?;
-            Ok(())
-        }
-        .await;
-        if let Err(status) = result {
-            let _ = sender.send(Err(status)).await;
-        }
-    });
-    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-        receiver,
-    )))
+    let mut prefix = MAGIC.to_vec();
+    prefix.extend_from_slice(&version.to_be_bytes());
+    prefix.extend(cobblestone_header);
+    let opening = vec![header(&meta.name, version), data(prefix)];
+    Ok(pipe(incoming, opening, Vec::new(), max_bytes, encryptor))
 }
 
 pub(super) async fn decrypt(
@@ -221,50 +179,96 @@ pub(super) async fn decrypt(
     meta.check_decryption_version(version, now_ms())?;
     let handle = keyring.version(&meta, version).await?;
     let (alg, key) = input_key(&meta, &handle.material, &request.context)?;
-    let mut decryptor = Decryptor::new(alg, &key, &context(version, &request.associated_data))?;
+    let decryptor = Decryptor::new(alg, &key, &context(version, &request.associated_data))?;
     keyring
         .metrics()
         .operation("decrypt_stream", meta.key_type, 1);
+    // Ciphertext is at most 1/512 (one tag per 16 KiB) plus the header above the limit.
+    let limit = max_bytes.saturating_add(max_bytes / 512 + 64);
+    let opening = vec![header(&meta.name, version)];
+    Ok(pipe(incoming, opening, rest, limit, decryptor))
+}
+
+/// One direction of a stream: data in, data out, an end that may add the last piece.
+trait Transform: Send + 'static {
+    fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, EngineError>;
+    fn finish(self) -> Result<Vec<u8>, EngineError>;
+}
+
+impl Transform for Encryptor {
+    fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, EngineError> {
+        Encryptor::push(self, data)
+    }
+
+    fn finish(self) -> Result<Vec<u8>, EngineError> {
+        Encryptor::finish(self)
+    }
+}
+
+impl Transform for Decryptor {
+    fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, EngineError> {
+        Decryptor::push(self, data)
+    }
+
+    fn finish(self) -> Result<Vec<u8>, EngineError> {
+        Decryptor::finish(self)
+    }
+}
+
+/// Runs `transform` over the rest of the request in a task of its own: `opening`
+/// messages first, then `first` and every data part transformed, at most `limit` input
+/// bytes; any failure ends the response with its status. The bounded channel is the
+/// back-pressure: a slow reader slows the request side.
+fn pipe(
+    mut incoming: tonic::Streaming<pb::StreamChunk>,
+    opening: Vec<pb::StreamChunk>,
+    first: Vec<u8>,
+    limit: u64,
+    mut transform: impl Transform,
+) -> BoxStream<pb::StreamChunk> {
     let (sender, receiver) = mpsc::channel(IN_FLIGHT);
-    let name = meta.name.clone();
     tokio::spawn(async move {
+        let send = |message: pb::StreamChunk| {
+            let sender = sender.clone();
+            async move {
+                sender
+                    .send(Ok(message))
+                    .await
+                    .map_err(|_| Status::cancelled("the caller went away"))
+            }
+        };
         let result: Result<(), Status> = async {
-            sender
-                .send(Ok(header(&name, version)))
-                .await
-                .map_err(|_| Status::cancelled("gone"))?;
-            let mut total = (PREFIX_LEN + rest.len()) as u64;
-            let first = decryptor.push(&rest)?;
-            if !first.is_empty() {
-                sender
-                    .send(Ok(data(first)))
-                    .await
-                    .map_err(|_| Status::cancelled("gone"))?;
+            for message in opening {
+                send(message).await?;
             }
-            while let Some(message) = incoming.next().await.transpose()? {
-                let Some(Part::Data(bytes)) = message.part else {
-                    return Err(
-                        EngineError::invalid("data", "only the first message is a header").into(),
-                    );
+            let mut total = first.len() as u64;
+            let mut input = Some(first);
+            while let Some(bytes) = input.take() {
+                let out = transform.push(&bytes)?;
+                if !out.is_empty() {
+                    send(data(out)).await?;
+                }
+                input = match incoming.next().await.transpose()? {
+                    None => None,
+                    Some(pb::StreamChunk {
+                        part: Some(Part::Data(bytes)),
+                    }) => Some(bytes),
+                    Some(_) => {
+                        return Err(EngineError::invalid(
+                            "data",
+                            "only the first message is a header",
+                        )
+                        .into());
+                    }
                 };
-                total += bytes.len() as u64;
-                if total > max_bytes.saturating_add(max_bytes / 512 + 64) {
-                    return Err(over_limit(max_bytes, total));
-                }
-                let opened = decryptor.push(&bytes)?;
-                if !opened.is_empty() {
-                    sender
-                        .send(Ok(data(opened)))
-                        .await
-                        .map_err(|_| Status::cancelled("gone"))?;
+                total += input.as_ref().map_or(0, |bytes| bytes.len() as u64);
+                if total > limit {
+                    return Err(over_limit(limit, total));
                 }
             }
-            let last = decryptor.finish()?;
+            let last = transform.finish()?;
             if !last.is_empty() {
-                sender
-                    .send(Ok(data(last)))
-                    .await
-                    .map_err(|_| Status::cancelled("gone"))?;
+                send(data(last)).await?;
             }
             Ok(())
         }
@@ -273,7 +277,5 @@ pub(super) async fn decrypt(
             let _ = sender.send(Err(status)).await;
         }
     });
-    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-        receiver,
-    )))
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
