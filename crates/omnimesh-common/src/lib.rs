@@ -4,11 +4,13 @@
 //!   and `OMNIMESH_<SERVICE>__…` environment variables; errors name key, origin and reason.
 //! - [`server`]: the gRPC server every service runs — health, reflection, `/healthz`,
 //!   `/readyz`, `/metrics` and a graceful drain — around the service's own tonic services.
+//! - [`db`]: a migrated `sqlx::Any` pool on SQLite (WAL) or PostgreSQL, chosen by URL.
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM.
 //! - [`ports`]: the local default addresses that SPEC fixes.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod db;
 pub mod message_limit;
 pub mod ports;
 pub mod server;

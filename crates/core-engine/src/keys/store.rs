@@ -8,30 +8,12 @@
 
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use omnimesh_common::db;
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row as _};
 
 use super::model::{KeyMeta, KeyType, Retention, VersionMeta};
 use crate::error::EngineError;
-
-/// Which database is behind the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn of(url: &str) -> Option<Self> {
-        if url.starts_with("sqlite:") {
-            Some(Backend::Sqlite)
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Some(Backend::Postgres)
-        } else {
-            None
-        }
-    }
-}
 
 /// The key store.
 #[derive(Debug, Clone)]
@@ -64,62 +46,15 @@ fn store_error(error: sqlx::Error) -> EngineError {
 impl KeyStore {
     /// Opens (creating a SQLite file and its directory when needed) and migrates.
     pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Self, crate::Error> {
-        sqlx::any::install_default_drivers();
-        let backend = Backend::of(url).ok_or_else(|| {
-            crate::Error::Store(sqlx::Error::Configuration(
-                "the database URL must start with sqlite: or postgres:".into(),
-            ))
-        })?;
-        let mut url = url.to_owned();
-        if backend == Backend::Sqlite {
-            let path = url
-                .trim_start_matches("sqlite:")
-                .trim_start_matches("//")
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            if !path.is_empty() && path != ":memory:" {
-                if let Some(parent) = std::path::Path::new(&path).parent() {
-                    std::fs::create_dir_all(parent).map_err(|error| {
-                        crate::Error::Store(sqlx::Error::Configuration(
-                            format!("creating {}: {error}", parent.display()).into(),
-                        ))
-                    })?;
-                }
-                if !url.contains("mode=") {
-                    url.push_str(if url.contains('?') {
-                        "&mode=rwc"
-                    } else {
-                        "?mode=rwc"
-                    });
-                }
-            }
-        }
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA synchronous = NORMAL",
-                            "PRAGMA busy_timeout = 5000",
-                            "PRAGMA foreign_keys = ON",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *connection).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        match backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
-        }
+        let options = db::Options {
+            max_connections,
+            durability: db::Durability::Normal,
+        };
+        let migrations = db::Migrations {
+            sqlite: &sqlx::migrate!("migrations/sqlite"),
+            postgres: &sqlx::migrate!("migrations/postgres"),
+        };
+        let (pool, _) = db::open(url, options, migrations).await?;
         Ok(Self { pool })
     }
 
