@@ -11,6 +11,7 @@
 
 mod config;
 mod error;
+pub mod events;
 pub mod runtime;
 mod transport;
 
