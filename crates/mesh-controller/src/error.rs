@@ -8,6 +8,9 @@ pub enum Error {
     /// The gRPC server failed to build or to serve.
     #[error(transparent)]
     Server(#[from] omnimesh_common::server::Error),
+    /// The event store could not be opened or migrated.
+    #[error("event store: {0}")]
+    EventStore(sqlx::Error),
     /// The local runtime could not launch or keep the platform running.
     #[error(transparent)]
     Launch(#[from] runtime::local::Error),

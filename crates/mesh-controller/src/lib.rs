@@ -4,8 +4,8 @@
 //!
 //! Start reading at [`App`]: [`App::build`] assembles the service from a [`Config`],
 //! [`App::serve`] serves it on a listener the caller bound (tests bind `127.0.0.1:0`).
-//! `transport` holds the tonic services; their RPCs answer `UNIMPLEMENTED` until the
-//! registry, event store and rollouts land. `runtime::local` is the local runtime:
+//! `events` is the event store (the controller's memory), served by `transport`'s
+//! `Events`; the registry and rollouts RPCs answer `UNIMPLEMENTED` until they land. `runtime::local` is the local runtime:
 //! today the supervisor behind `mesh-controller launch` (`make run`), which starts the
 //! four services as processes, restarts them with back-off and stops them cleanly.
 
@@ -25,6 +25,8 @@ use omnimesh_proto::controller::v1::runtime_server::RuntimeServer;
 use omnimesh_telemetry::Metrics;
 use tokio::net::TcpListener;
 
+use crate::events::EventStore;
+
 pub use config::Config;
 pub use error::Error;
 
@@ -43,9 +45,12 @@ impl App {
     /// When the gRPC server cannot be assembled.
     pub async fn build(config: Config) -> Result<Self, Error> {
         let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
+        let store = EventStore::open(config.events.store_options())
+            .await
+            .map_err(Error::EventStore)?;
         let server = GrpcServer::builder(SERVICE, &config.server)
             .add_service(RegistryServer::new(transport::RegistryService))
-            .add_service(EventsServer::new(transport::EventsService))
+            .add_service(EventsServer::new(transport::EventsService::new(store)))
             .add_service(RolloutsServer::new(transport::RolloutsService))
             .add_service(RuntimeServer::new(transport::RuntimeService))
             .descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET)

@@ -15,6 +15,7 @@ pub mod message_limit;
 pub mod ports;
 pub mod server;
 mod shutdown;
+pub mod time;
 
 pub use shutdown::shutdown_signal;
 

@@ -13,7 +13,7 @@ pub(crate) mod store;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 use zeroize::Zeroizing;
@@ -24,14 +24,7 @@ use master::MasterKey;
 use model::{ConfigUpdate, KeyMeta, KeyType, VersionMeta};
 use store::KeyStore;
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
-}
+pub(crate) use omnimesh_common::time::now_ms;
 
 /// A version's usable material.
 #[allow(

@@ -1,5 +1,6 @@
 //! Proto messages ⇄ the keyring's types.
 
+use omnimesh_common::time::timestamp;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -64,13 +65,6 @@ pub(super) fn config_update(config: &pb::KeyConfigUpdate) -> ConfigUpdate {
         min_encryption_version: config.min_encryption_version,
         deletion_allowed: config.deletion_allowed,
         retention: config.retention.as_ref().map(retention),
-    }
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or_default(),
     }
 }
 

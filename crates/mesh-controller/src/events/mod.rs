@@ -23,8 +23,6 @@ mod subscription;
 #[cfg(test)]
 mod tests;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use store::{EventStore, StoreOptions};
 
 /// Longest stream id, event type, idempotency key or metadata field, in bytes.
@@ -290,11 +288,4 @@ pub(crate) fn validate(
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
-}
+pub(crate) use omnimesh_common::time::now_ms;

@@ -7,14 +7,16 @@ use omnimesh_test_support::TestServer;
 use omnimesh_test_support::grpc::assert_serves;
 use omnimesh_test_support::http::assert_probes;
 
-async fn start() -> TestServer {
-    let app = App::build(Config::for_test()).await.unwrap();
-    TestServer::start(|listener, shutdown| app.serve(listener, shutdown)).await
+async fn start() -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::build(Config::for_test(dir.path())).await.unwrap();
+    let server = TestServer::start(|listener, shutdown| app.serve(listener, shutdown)).await;
+    (server, dir)
 }
 
 #[tokio::test]
 async fn serves_health_and_reflection_for_each_controller_service() {
-    let server = start().await;
+    let (server, _dir) = start().await;
     assert_serves(
         server.channel().await,
         &[
@@ -30,7 +32,7 @@ async fn serves_health_and_reflection_for_each_controller_service() {
 
 #[tokio::test]
 async fn rpcs_answer_unimplemented_and_are_counted() {
-    let server = start().await;
+    let (server, _dir) = start().await;
     let status = RegistryClient::new(server.channel().await)
         .list_services(ListServicesRequest::default())
         .await
