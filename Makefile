@@ -9,7 +9,7 @@ VENV := .venv
 # timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all build release run test test-rust test-stock-client eval-nl bench-nl bench-engine fuzz-nl fuzz-engine fmt fmt-check lint clean help
+.PHONY: all build release run test test-rust test-stock-client eval-nl bench-nl bench-engine bench-controller fuzz-nl fuzz-engine fmt fmt-check lint clean help
 
 all: build
 
@@ -21,6 +21,7 @@ help:
 	@echo "make eval-nl             score the English interpreter (plain and 5-fold cross-validated)"
 	@echo "make bench-nl            the interpreter's latency and model load against their budgets"
 	@echo "make bench-engine        core-engine against OpenSSL and numpy, same run, ratios"
+	@echo "make bench-controller    the event store on SQLite and PostgreSQL vs plain INSERT loops"
 	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
 	@echo "make fuzz-engine         fuzz core-engine's ciphertext parsing and Analyze input"
 
@@ -73,6 +74,12 @@ bench-nl:
 # (target/bench-engine/results.md). BENCH_QUICK=1 for a smoke run.
 bench-engine:
 	bash bench/engine/run.sh
+
+# The event store on SQLite and on PostgreSQL (127.0.0.1:5432) side by side, each against
+# a plain INSERT loop on the same database in the same run. EVENTS_BENCH_SCALE=0.2 for a
+# smoke run.
+bench-controller:
+	$(CARGO) bench -p mesh-controller --bench events
 
 # Coverage-guided fuzzing of the interpreter (libFuzzer through cargo-fuzz, installed from
 # crates.io when missing), seeded with every labelled line. FUZZ_SECONDS bounds the run.
