@@ -141,7 +141,11 @@ async fn run(url: &str, scale: &Scale) -> Vec<Row> {
         tasks.spawn(async move {
             for i in 0..n / 16 {
                 store
-                    .append(&format!("concurrent-{writer}"), ExpectedVersion::Any, vec![event(i)])
+                    .append(
+                        &format!("concurrent-{writer}"),
+                        ExpectedVersion::Any,
+                        vec![event(i)],
+                    )
                     .await
                     .unwrap();
             }
@@ -315,11 +319,17 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         let sqlite = run(&url, &scale).await;
-        print("SQLite (WAL, synchronous=FULL; baseline: autocommit INSERT, same settings)", &sqlite);
+        print(
+            "SQLite (WAL, synchronous=FULL; baseline: autocommit INSERT, same settings)",
+            &sqlite,
+        );
         let database = omnimesh_test_support::postgres::TempDatabase::create()
             .await
             .expect("PostgreSQL on 127.0.0.1:5432");
         let postgres = run(database.url(), &scale).await;
-        print("PostgreSQL (127.0.0.1:5432; baseline: autocommit INSERT)", &postgres);
+        print(
+            "PostgreSQL (127.0.0.1:5432; baseline: autocommit INSERT)",
+            &postgres,
+        );
     });
 }

@@ -9,6 +9,7 @@ use omnimesh_telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{Limits, StoreOptions};
+use crate::registry::RegistryConfig;
 
 use crate::runtime::local::LocalRuntimeConfig;
 
@@ -32,6 +33,9 @@ pub struct Config {
     /// The event store.
     #[serde(default)]
     pub events: EventsConfig,
+    /// The service registry.
+    #[serde(default)]
+    pub registry: RegistryConfig,
 }
 
 /// `[mesh-controller.events]`: where the event log lives and what an append may carry.
@@ -130,6 +134,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             local_runtime: LocalRuntimeConfig::default(),
             events: EventsConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -148,6 +153,9 @@ impl ServiceConfig for Config {
         self.events
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("events.{key}"), reason))?;
+        self.registry
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("registry.{key}"), reason))?;
         self.local_runtime
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("local_runtime.{key}"), reason))

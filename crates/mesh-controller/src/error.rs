@@ -11,6 +11,9 @@ pub enum Error {
     /// The event store could not be opened or migrated.
     #[error("event store: {0}")]
     EventStore(sqlx::Error),
+    /// The registry could not be rebuilt from the event log.
+    #[error("registry: {0}")]
+    Registry(crate::events::AppendError),
     /// The local runtime could not launch or keep the platform running.
     #[error(transparent)]
     Launch(#[from] runtime::local::Error),

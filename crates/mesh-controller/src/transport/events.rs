@@ -1,9 +1,10 @@
 //! `omnimesh.controller.v1.Events`: the event store over gRPC.
 
+use futures::StreamExt as _;
 use omnimesh_proto::controller::v1 as pb;
 use omnimesh_proto::controller::v1::events_server::Events;
-use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
@@ -17,11 +18,13 @@ pub(crate) const ACTUAL_VERSION_KEY: &str = "omnimesh-actual-version";
 #[derive(Debug, Clone)]
 pub(crate) struct EventsService {
     store: EventStore,
+    streams: CancellationToken,
 }
 
 impl EventsService {
-    pub(crate) fn new(store: EventStore) -> Self {
-        Self { store }
+    /// `streams` ends every subscription when it is cancelled (at shutdown).
+    pub(crate) fn new(store: EventStore, streams: CancellationToken) -> Self {
+        Self { store, streams }
     }
 }
 
@@ -161,7 +164,9 @@ impl Events for EventsService {
             .await
             .map_err(status)?;
         let events = self.store.subscribe(request.from_position, request.types);
-        let stream = ReceiverStream::new(events).map(|item| item.map(event).map_err(status));
+        let stream = ReceiverStream::new(events)
+            .map(|item| item.map(event).map_err(status))
+            .take_until(self.streams.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -1,22 +1,29 @@
 //! The tonic implementations of the `omnimesh.controller.v1` services.
 //!
-//! `Events` serves the event store; `Registry`, `Rollouts` and `Runtime` answer
-//! `UNIMPLEMENTED` (the generated default of each method) until they land.
+//! `Events` serves the event store and `Registry` the registry; `Rollouts` and `Runtime`
+//! answer `UNIMPLEMENTED` (the generated default of each method) until they land.
 
 mod events;
+mod registry;
 
-use omnimesh_proto::controller::v1::registry_server::Registry;
 use omnimesh_proto::controller::v1::rollouts_server::Rollouts;
 use omnimesh_proto::controller::v1::runtime_server::Runtime;
 
 pub(crate) use events::EventsService;
 pub(crate) use omnimesh_common::time::timestamp;
+pub(crate) use registry::RegistryService;
 
-/// `omnimesh.controller.v1.Registry`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RegistryService;
+/// Who made a call: inserted into the request's extensions by the authentication layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Actor(pub(crate) String);
 
-impl Registry for RegistryService {}
+/// The caller recorded in events: the authenticated subject, else `anonymous`.
+pub(crate) fn actor<T>(request: &tonic::Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Actor>()
+        .map_or_else(|| "anonymous".to_owned(), |actor| actor.0.clone())
+}
 
 /// `omnimesh.controller.v1.Rollouts`.
 #[derive(Debug, Clone, Copy)]

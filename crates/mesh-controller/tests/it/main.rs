@@ -1,3 +1,4 @@
 //! mesh-controller integration tests: the real server in-process on 127.0.0.1:0.
 
+mod registry;
 mod serving;

@@ -1,8 +1,8 @@
 //! The service answers health and reflection like any gRPC server, and the HTTP probes.
 
 use mesh_controller::{App, Config};
-use omnimesh_proto::controller::v1::ListServicesRequest;
-use omnimesh_proto::controller::v1::registry_client::RegistryClient;
+use omnimesh_proto::controller::v1::ListRolloutsRequest;
+use omnimesh_proto::controller::v1::rollouts_client::RolloutsClient;
 use omnimesh_test_support::TestServer;
 use omnimesh_test_support::grpc::assert_serves;
 use omnimesh_test_support::http::assert_probes;
@@ -33,13 +33,13 @@ async fn serves_health_and_reflection_for_each_controller_service() {
 #[tokio::test]
 async fn rpcs_answer_unimplemented_and_are_counted() {
     let (server, _dir) = start().await;
-    let status = RegistryClient::new(server.channel().await)
-        .list_services(ListServicesRequest::default())
+    let status = RolloutsClient::new(server.channel().await)
+        .list_rollouts(ListRolloutsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     let metrics = assert_probes(server.addr(), "omnimesh_mesh_controller").await;
-    let counted = "omnimesh_mesh_controller_grpc_requests_total{method=\"/omnimesh.controller.v1.Registry/ListServices\",code=\"UNIMPLEMENTED\"} 1";
+    let counted = "omnimesh_mesh_controller_grpc_requests_total{method=\"/omnimesh.controller.v1.Rollouts/ListRollouts\",code=\"UNIMPLEMENTED\"} 1";
     assert!(metrics.contains(counted), "{metrics}");
     server.stop().await.unwrap();
 }
