@@ -78,10 +78,17 @@ impl MasterKey {
                 .map_err(|reason| format!("{}: {reason}", file.display())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && generate => {
                 let material = crypto::random(rng, 32).map_err(|e| e.to_string())?;
-                write_private(file, &material)
-                    .map_err(|error| format!("creating {}: {error}", file.display()))?;
-                tracing::info!(path = %file.display(), "generated a new master key");
-                Self::from_bytes(&material)
+                match write_private(file, &material) {
+                    Ok(()) => {
+                        tracing::info!(path = %file.display(), "generated a new master key");
+                        Self::from_bytes(&material)
+                    }
+                    // Another replica starting at the same moment won: use its key.
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Self::load(None, file, false, rng)
+                    }
+                    Err(error) => Err(format!("creating {}: {error}", file.display())),
+                }
             }
             Err(error) => Err(format!("reading {}: {error}", file.display())),
         }
@@ -123,18 +130,33 @@ impl MasterKey {
     }
 }
 
+/// Writes a 0600 file that appears whole or not at all: the bytes go to a private
+/// temporary file first, which is then hard-linked into place (failing with
+/// `AlreadyExists` when another process got there first), so a concurrent reader never
+/// sees a partial key.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let temporary = parent.join(format!(
+        ".{}.{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::hard_link(&temporary, path)
+    })();
+    let _ = std::fs::remove_file(&temporary);
+    written
 }
 
 #[cfg(test)]
@@ -142,6 +164,28 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn replicas_generating_at_once_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("master.key");
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        MasterKey::load(None, &file, true, &SystemRandom::new())
+                            .unwrap()
+                            .id()
+                            .to_owned()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.windows(2).all(|pair| pair[0] == pair[1]), "{ids:?}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left");
+    }
 
     #[test]
     fn generated_once_private_and_stable() {
