@@ -5,4 +5,5 @@
 
 pub mod desired;
 pub mod local;
+pub mod logs;
 pub mod policy;
