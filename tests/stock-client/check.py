@@ -100,12 +100,14 @@ def call(channel, pool, method, request_type, response_type, **fields):
     return stub(request_class(**fields), timeout=10)
 
 
-def encrypt_and_decrypt(channel):
-    """CreateKey, Encrypt, Decrypt on core-engine with messages built from reflection."""
+def encrypt_and_decrypt(channel, create=True):
+    """CreateKey (on the first replica), Encrypt, Decrypt on core-engine with messages
+    built from reflection."""
     pool = reflected_pool(channel, "omnimesh.engine.v1.Engine")
     base = "/omnimesh.engine.v1.Engine/"
-    call(channel, pool, base + "CreateKey", "omnimesh.engine.v1.CreateKeyRequest",
-         "omnimesh.engine.v1.CreateKeyResponse", name="stock-client")
+    if create:
+        call(channel, pool, base + "CreateKey", "omnimesh.engine.v1.CreateKeyRequest",
+             "omnimesh.engine.v1.CreateKeyResponse", name="stock-client")
     item = message_factory.GetMessageClass(pool.FindMessageTypeByName("omnimesh.engine.v1.EncryptItem"))
     encrypted = call(channel, pool, base + "Encrypt", "omnimesh.engine.v1.EncryptRequest",
                      "omnimesh.engine.v1.EncryptResponse", key_name="stock-client",
@@ -157,7 +159,9 @@ def main():
                     grpc_ports["proxy-gateway admin"] = admin.group(1)
                 if line.startswith("Press Ctrl-C") or time.monotonic() > deadline:
                     break
-            check("four services SERVING in the launcher's table", len(rows) == 4, str(rows))
+            check("five instances of four services SERVING in the launcher's table",
+                  sorted(rows) == ["core-engine-0", "core-engine-1", "mesh-controller",
+                                   "omniterm-interface-0", "proxy-gateway-0"], str(rows))
             check("the gateway's admin address is printed", "proxy-gateway admin" in grpc_ports)
             grpc_ports.update((service, address) for service, (address, _pid) in rows.items())
 
@@ -168,7 +172,7 @@ def main():
                     )
                     check(f"{service} {address} health SERVING",
                           health.status == health_pb2.HealthCheckResponse.SERVING)
-                    if service == "proxy-gateway":
+                    if service.startswith("proxy-gateway-"):
                         # The data plane answers health for the gateway and routes the
                         # rest; the gateway's own services are on its admin port.
                         continue
@@ -178,11 +182,14 @@ def main():
                     for name in ours:
                         check(f"{service} describes {name} by reflection",
                               name in file_containing(channel, name))
-                    if service == "core-engine":
-                        ciphertext, plaintext = encrypt_and_decrypt(channel)
-                        check("core-engine encrypts for a stock client",
+                    if service.startswith("core-engine-"):
+                        # Both replicas share the key store: the key made on replica 0
+                        # serves replica 1.
+                        first = service == "core-engine-0"
+                        ciphertext, plaintext = encrypt_and_decrypt(channel, create=first)
+                        check(f"{service} encrypts for a stock client",
                               ciphertext.startswith("omnimesh:v1:"), ciphertext)
-                        check("core-engine decrypts it again", plaintext == b"hello from grpcio",
+                        check(f"{service} decrypts it again", plaintext == b"hello from grpcio",
                               repr(plaintext))
         finally:
             launcher.send_signal(signal.SIGTERM)

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::EventStore;
 use crate::registry::RegistryHandle;
+use crate::runtime::supervisor::RuntimeHandle;
 
 pub use config::Config;
 pub use error::Error;
@@ -46,31 +47,56 @@ pub struct App {
     streams: CancellationToken,
 }
 
-impl App {
-    /// Assembles the service described by `config`.
-    ///
-    /// # Errors
-    /// When the gRPC server cannot be assembled.
-    pub async fn build(config: Config) -> Result<Self, Error> {
-        let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
-        let streams = CancellationToken::new();
+/// The controller's state: the event store and the registry built on it.
+struct Core {
+    store: EventStore,
+    registry: RegistryHandle,
+}
+
+impl Core {
+    async fn open(config: &Config) -> Result<Self, Error> {
         let store = EventStore::open(config.events.store_options())
             .await
             .map_err(Error::EventStore)?;
         let registry = RegistryHandle::start(store.clone(), config.registry.clone())
             .await
             .map_err(Error::Registry)?;
+        Ok(Self { store, registry })
+    }
+}
+
+impl App {
+    /// Assembles the service described by `config`, without a local runtime (its RPCs
+    /// answer `FAILED_PRECONDITION`; `mesh-controller launch` runs one).
+    ///
+    /// # Errors
+    /// When the event store cannot be opened or the gRPC server cannot be assembled.
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let core = Core::open(&config).await?;
+        Self::assemble(&config, core, None)
+    }
+
+    fn assemble(
+        config: &Config,
+        core: Core,
+        runtime: Option<RuntimeHandle>,
+    ) -> Result<Self, Error> {
+        let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
+        let streams = CancellationToken::new();
         let server = GrpcServer::builder(SERVICE, &config.server)
             .add_service(RegistryServer::new(transport::RegistryService::new(
-                registry,
+                core.registry,
                 streams.clone(),
             )))
             .add_service(EventsServer::new(transport::EventsService::new(
-                store.clone(),
+                core.store,
                 streams.clone(),
             )))
             .add_service(RolloutsServer::new(transport::RolloutsService))
-            .add_service(RuntimeServer::new(transport::RuntimeService))
+            .add_service(RuntimeServer::new(transport::RuntimeService::new(
+                runtime,
+                streams.clone(),
+            )))
             .descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET)
             .reflection(true)
             .admin_http(metrics)
@@ -96,25 +122,67 @@ impl App {
     }
 }
 
-/// Starts the whole platform as local processes and supervises it until `shutdown`
-/// resolves (`mesh-controller launch`, which `make run` runs); writes the status table
-/// and events to standard output.
+/// Serves the controller and runs the rest of the platform as local processes until
+/// `shutdown` resolves (`mesh-controller launch`, which `make run` runs); writes what
+/// happens and the status table to `out`.
 ///
 /// # Errors
-/// When the platform cannot be started or does not become ready in time.
+/// When the platform cannot be started or does not become ready in time (everything
+/// started is stopped first).
 pub async fn launch(
     config: &Config,
     sources: &omnimesh_common::config::Sources,
+    out: &mut (impl std::io::Write + Send),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let mut stdout = std::io::stdout();
-    runtime::local::launch(
-        &config.local_runtime,
-        sources,
-        config.listen.grpc,
-        &mut stdout,
-        shutdown,
-    )
-    .await?;
+    let local = &config.local_runtime;
+    let options = local.runtime_options(sources)?;
+    let io = |what: &'static str, path: std::path::PathBuf| {
+        move |source| runtime::local::Error::Io { what, path, source }
+    };
+    let logs = runtime::logs::LogHub::new(local.log_dir(), local.rotation())
+        .map_err(io("creating", local.log_dir()))?;
+    let address = runtime::supervisor::resolve(config.listen.grpc).map_err(io(
+        "finding a port for",
+        std::path::PathBuf::from(config.listen.grpc.to_string()),
+    ))?;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(io("binding", std::path::PathBuf::from(address.to_string())))?;
+    let core = Core::open(config).await?;
+    let (store, registry) = (core.store.clone(), core.registry.clone());
+    let _ = writeln!(
+        out,
+        "mesh-controller serving on {address}; starting the platform (logs in {})",
+        local.log_dir().display()
+    );
+    let runtime = RuntimeHandle::start(options, store, registry, logs)
+        .await
+        .map_err(runtime::local::Error::from)?;
+    let app = App::assemble(config, core, Some(runtime.clone()))?;
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, async move {
+        let _ = server_stopped.await;
+    }));
+    let outcome = runtime::local::follow(&runtime, local, address, out, shutdown).await;
+    let _ = writeln!(out, "stopping the platform");
+    let mut notices = runtime.notices();
+    let stopping = runtime.stop();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            () = &mut stopping => break,
+            Ok(notice) = notices.recv() => { let _ = writeln!(out, "{notice}"); }
+        }
+    }
+    while let Ok(notice) = notices.try_recv() {
+        let _ = writeln!(out, "{notice}");
+    }
+    let _ = stop_server.send(());
+    if let Ok(served) = server.await {
+        served?;
+    }
+    let _ = writeln!(out, "all services stopped");
+    outcome?;
     Ok(())
 }

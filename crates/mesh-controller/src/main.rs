@@ -37,7 +37,13 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         Command::Launch => {
-            mesh_controller::launch(&config, &sources, omnimesh_common::shutdown_signal()).await?;
+            mesh_controller::launch(
+                &config,
+                &sources,
+                &mut std::io::stdout(),
+                omnimesh_common::shutdown_signal(),
+            )
+            .await?;
         }
     }
     Ok(())

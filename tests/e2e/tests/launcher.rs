@@ -10,6 +10,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use omnimesh_proto::controller::v1 as pb;
+use omnimesh_proto::controller::v1::registry_client::RegistryClient;
+use omnimesh_proto::controller::v1::runtime_client::RuntimeClient;
 use omnimesh_test_support::grpc::{health_status, reflection_services};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -20,6 +23,14 @@ const SERVICES: [&str; 4] = [
     "mesh-controller",
     "omniterm-interface",
     "proxy-gateway",
+];
+/// What `make run` runs by default: two engine replicas, one of everything else.
+const INSTANCES: [&str; 5] = [
+    "core-engine-0",
+    "core-engine-1",
+    "mesh-controller",
+    "omniterm-interface-0",
+    "proxy-gateway-0",
 ];
 /// Cold debug binaries on a busy 2-core machine: generous, but bounded.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -115,22 +126,27 @@ impl Launcher {
             })?
     }
 
-    /// Waits for the status table and returns service → (address, pid).
+    /// Waits for the status table and returns instance → (address, pid).
     async fn ready_table(&mut self) -> anyhow::Result<BTreeMap<String, (SocketAddr, i32)>> {
-        self.line_where("the status table", |line| line.starts_with("SERVICE"))
+        self.line_where("the status table", |line| line.starts_with("INSTANCE"))
             .await?;
         let mut rows = BTreeMap::new();
-        while rows.len() < SERVICES.len() {
+        loop {
             let line = self.line_where("a table row", |_| true).await?;
+            if line.is_empty() {
+                break;
+            }
             let columns: Vec<&str> = line.split_whitespace().collect();
-            let [service, address, state, pid] = columns[..] else {
+            let [instance, address, state, pid] = columns[..] else {
                 bail!("not a table row: {line:?}");
             };
-            ensure!(state == "SERVING", "{service} is {state}");
-            rows.insert(service.to_owned(), (address.parse()?, pid.parse()?));
+            ensure!(state == "SERVING", "{instance} is {state}");
+            rows.insert(instance.to_owned(), (address.parse()?, pid.parse()?));
         }
-        self.line_where("the ready line", |line| line.contains("4 services SERVING"))
-            .await?;
+        self.line_where("the ready line", |line| {
+            line.starts_with("OmniMesh is running: 4 services, 5 instances SERVING")
+        })
+        .await?;
         Ok(rows)
     }
 }
@@ -165,7 +181,7 @@ async fn launch_serves_restarts_and_stops_without_orphans() -> anyhow::Result<()
     let rows = launcher.ready_table().await?;
     assert_eq!(
         rows.keys().map(String::as_str).collect::<Vec<_>>(),
-        SERVICES
+        INSTANCES
     );
 
     // A stock client, by address only: health and reflection on every gRPC port.
@@ -180,7 +196,7 @@ async fn launch_serves_restarts_and_stops_without_orphans() -> anyhow::Result<()
             ServingStatus::Serving,
             "{service}"
         );
-        if service != "proxy-gateway" {
+        if service != "proxy-gateway-0" {
             let listed = reflection_services(channel).await?;
             assert!(
                 listed.iter().any(|name| name.starts_with("omnimesh.")),
@@ -190,19 +206,19 @@ async fn launch_serves_restarts_and_stops_without_orphans() -> anyhow::Result<()
     }
 
     // Kill one: the launcher restarts it under a new pid that serves again.
-    let (engine_address, old_pid) = rows["core-engine"];
+    let (engine_address, old_pid) = rows["core-engine-0"];
     kill(Pid::from_raw(old_pid), Signal::SIGKILL)?;
-    let exited = format!("core-engine (pid {old_pid}) exited: signal SIGKILL; restarting in");
+    let exited = format!("core-engine-0 (pid {old_pid}) exited: signal SIGKILL; restarting in");
     launcher
         .line_where("the restart notice", |line| line.starts_with(&exited))
         .await?;
     let serving = launcher
         .line_where("core-engine serving again", |line| {
-            line.starts_with("core-engine SERVING (pid ")
+            line.starts_with("core-engine-0 SERVING (pid ")
         })
         .await?;
     let new_pid: i32 = serving
-        .trim_start_matches("core-engine SERVING (pid ")
+        .trim_start_matches("core-engine-0 SERVING (pid ")
         .trim_end_matches(')')
         .parse()?;
     assert_ne!(new_pid, old_pid);
@@ -210,6 +226,37 @@ async fn launch_serves_restarts_and_stops_without_orphans() -> anyhow::Result<()
         .connect()
         .await?;
     assert_eq!(health_status(channel, "").await?, ServingStatus::Serving);
+
+    // The restarted replica is registered again, next to the other one.
+    let controller =
+        tonic::transport::Channel::from_shared(format!("http://{}", rows["mesh-controller"].0))?
+            .connect()
+            .await?;
+    let listed = RegistryClient::new(controller.clone())
+        .list_services(pb::ListServicesRequest {})
+        .await?
+        .into_inner();
+    let engine = listed
+        .services
+        .iter()
+        .find(|service| service.name == "core-engine")
+        .context("core-engine is registered")?;
+    let mut ids: Vec<&str> = engine.instances.iter().map(|i| i.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["core-engine-0", "core-engine-1"]);
+    let health = RuntimeClient::new(controller)
+        .get_platform_health(pb::GetPlatformHealthRequest {})
+        .await?
+        .into_inner();
+    let restarted = health
+        .services
+        .iter()
+        .flat_map(|service| &service.instances)
+        .find(|instance| instance.id == "core-engine-0")
+        .context("core-engine-0 in the health report")?;
+    assert_eq!(restarted.restarts, 1);
+    assert_eq!(restarted.state(), pb::InstanceState::Serving);
+    assert!(restarted.last_error.contains("SIGKILL"), "{restarted:?}");
 
     // SIGTERM: every child stops, the launcher exits 0, no process is left behind.
     kill(

@@ -124,9 +124,20 @@ impl LogHub {
             if cut {
                 text.truncate(text.floor_char_boundary(MAX_LINE_BYTES));
                 text.push_str(" …[cut]");
-                // Skip the rest of the long line.
+                // Skip the rest of the long line, a bounded piece at a time.
                 let mut rest = Vec::new();
-                let _ = (&mut reader).read_until(b'\n', &mut rest).await;
+                loop {
+                    rest.clear();
+                    match (&mut reader)
+                        .take(MAX_LINE_BYTES as u64)
+                        .read_until(b'\n', &mut rest)
+                        .await
+                    {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if rest.last() == Some(&b'\n') => break,
+                        Ok(_) => {}
+                    }
+                }
             }
             if let Err(error) = self.append(&instance, &text) {
                 tracing::warn!(%error, instance, "log line not written");

@@ -1,17 +1,19 @@
 //! The tonic implementations of the `omnimesh.controller.v1` services.
 //!
-//! `Events` serves the event store and `Registry` the registry; `Rollouts` and `Runtime`
-//! answer `UNIMPLEMENTED` (the generated default of each method) until they land.
+//! `Events` serves the event store, `Registry` the registry and `Runtime` the local
+//! runtime; `Rollouts` answers `UNIMPLEMENTED` (the generated default of each method)
+//! until progressive delivery lands.
 
 mod events;
 mod registry;
+mod runtime;
 
 use omnimesh_proto::controller::v1::rollouts_server::Rollouts;
-use omnimesh_proto::controller::v1::runtime_server::Runtime;
 
 pub(crate) use events::EventsService;
 pub(crate) use omnimesh_common::time::timestamp;
 pub(crate) use registry::RegistryService;
+pub(crate) use runtime::RuntimeService;
 
 /// Who made a call: inserted into the request's extensions by the authentication layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +32,3 @@ pub(crate) fn actor<T>(request: &tonic::Request<T>) -> String {
 pub(crate) struct RolloutsService;
 
 impl Rollouts for RolloutsService {}
-
-/// `omnimesh.controller.v1.Runtime`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RuntimeService;
-
-impl Runtime for RuntimeService {}
