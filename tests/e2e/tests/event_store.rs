@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,17 +23,6 @@ const APPENDS_PER_WRITER: usize = 60;
 /// The controller is killed once this many appends were acknowledged.
 const KILL_AFTER: usize = 80;
 
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .join("mesh-controller");
-    assert!(path.is_file(), "run `cargo build --workspace --bins` first");
-    path
-}
-
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -42,7 +31,7 @@ fn free_port() -> SocketAddr {
 }
 
 fn start(dir: &Path, addr: SocketAddr, database_url: &str) -> Child {
-    Command::new(binary())
+    Command::new(omnimesh_e2e::binary("mesh-controller"))
         .arg("serve")
         .current_dir(dir)
         .env("OMNIMESH_MESH_CONTROLLER__LISTEN__GRPC", addr.to_string())

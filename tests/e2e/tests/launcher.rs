@@ -1,29 +1,19 @@
 //! `mesh-controller launch` (what `make run` runs): four real processes reach SERVING,
 //! answer stock gRPC clients, a killed one is restarted, and SIGTERM leaves nothing behind.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use omnimesh_e2e::{Launcher, alive, binary, processes_in};
 use omnimesh_proto::controller::v1 as pb;
 use omnimesh_proto::controller::v1::registry_client::RegistryClient;
 use omnimesh_proto::controller::v1::runtime_client::RuntimeClient;
 use omnimesh_test_support::grpc::{health_status, reflection_services};
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-const SERVICES: [&str; 4] = [
-    "core-engine",
-    "mesh-controller",
-    "omniterm-interface",
-    "proxy-gateway",
-];
 /// What `make run` runs by default: two engine replicas, one of everything else.
 const INSTANCES: [&str; 5] = [
     "core-engine-0",
@@ -32,148 +22,6 @@ const INSTANCES: [&str; 5] = [
     "omniterm-interface-0",
     "proxy-gateway-0",
 ];
-/// Cold debug binaries on a busy 2-core machine: generous, but bounded.
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The directory holding the workspace binaries (`target/<profile>`).
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    // target/<profile>/deps/<test binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (`make test` does)",
-        path.display()
-    );
-    path
-}
-
-/// A launcher started in a temporary directory with every port 0 (free ports).
-struct Launcher {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    seen: Vec<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Launcher {
-    fn start(extra_config: &str) -> Self {
-        for service in SERVICES {
-            binary(service);
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("omnimesh.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[core-engine.listen]\ngrpc = \"127.0.0.1:0\"\n\
-                 [omniterm-interface.listen]\ngrpc = \"127.0.0.1:0\"\n\
-                 [proxy-gateway.listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
-                 [mesh-controller.listen]\ngrpc = \"127.0.0.1:0\"\n\
-                 [mesh-controller.local_runtime]\nrestart_backoff_initial = \"50ms\"\n\
-                 ready_timeout = \"80s\"\n{extra_config}"
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(binary("mesh-controller"))
-            .arg("launch")
-            .current_dir(dir.path())
-            .env("OMNIMESH_CONFIG", &config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            dir,
-        }
-    }
-
-    /// Reads output lines until `matches` accepts one; returns that line.
-    async fn line_where(
-        &mut self,
-        what: &str,
-        matches: impl Fn(&str) -> bool,
-    ) -> anyhow::Result<String> {
-        let read = async {
-            while let Some(line) = self.lines.next_line().await? {
-                self.seen.push(line.clone());
-                if matches(&line) {
-                    return Ok(line);
-                }
-            }
-            bail!("the launcher's output ended before {what}")
-        };
-        tokio::time::timeout(READY_TIMEOUT, read)
-            .await
-            .with_context(|| {
-                format!(
-                    "waiting for {what}; output so far:\n{}",
-                    self.seen.join("\n")
-                )
-            })?
-    }
-
-    /// Waits for the status table and returns instance → (address, pid).
-    async fn ready_table(&mut self) -> anyhow::Result<BTreeMap<String, (SocketAddr, i32)>> {
-        self.line_where("the status table", |line| line.starts_with("INSTANCE"))
-            .await?;
-        let mut rows = BTreeMap::new();
-        loop {
-            let line = self.line_where("a table row", |_| true).await?;
-            if line.is_empty() {
-                break;
-            }
-            let columns: Vec<&str> = line.split_whitespace().collect();
-            let [instance, address, state, pid] = columns[..] else {
-                bail!("not a table row: {line:?}");
-            };
-            ensure!(state == "SERVING", "{instance} is {state}");
-            rows.insert(instance.to_owned(), (address.parse()?, pid.parse()?));
-        }
-        self.line_where("the ready line", |line| {
-            line.starts_with("OmniMesh is running: 4 services, 5 instances SERVING")
-        })
-        .await?;
-        Ok(rows)
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-}
-
-/// Processes (other than zombies) whose working directory is `dir`.
-fn processes_in(dir: &Path) -> Vec<(i32, String)> {
-    let dir = dir.canonicalize().unwrap();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
-            continue;
-        };
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        if cwd == dir && !status.contains("State:\tZ") {
-            let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
-            found.push((pid, cmdline.replace('\0', " ")));
-        }
-    }
-    found
-}
 
 #[tokio::test]
 async fn launch_serves_restarts_and_stops_without_orphans() -> anyhow::Result<()> {

@@ -274,7 +274,7 @@ pub async fn follow(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let mut notices = runtime.notices();
-    let mut status = runtime.status();
+    let status = runtime.status();
     tokio::pin!(shutdown);
     let ready_deadline = tokio::time::sleep(config.ready_timeout);
     tokio::pin!(ready_deadline);
@@ -300,18 +300,11 @@ pub async fn follow(
                 if let Ok(notice) = notice {
                     let _ = writeln!(out, "{notice}");
                 }
-            }
-            changed = status.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                let current = status.borrow_and_update().clone();
+                // Every instance that becomes SERVING says so, after its state is
+                // published: the table follows the last such line.
+                let current = status.borrow().clone();
                 if !ready && !current.is_empty() && all_serving(&current) {
                     ready = true;
-                    // Notices sent before the table belong before it.
-                    while let Ok(notice) = notices.try_recv() {
-                        let _ = writeln!(out, "{notice}");
-                    }
                     print_ready(&current, controller, &config.log_dir(), out);
                 }
             }

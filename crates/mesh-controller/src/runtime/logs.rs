@@ -66,17 +66,18 @@ impl LogHub {
         self.dir.join(format!("{instance}.log"))
     }
 
-    fn sender(&self, instance: &str) -> broadcast::Sender<Line> {
+    fn sender(&self, service: &str) -> broadcast::Sender<Line> {
         let mut followers = self.followers.lock().unwrap_or_else(|e| e.into_inner());
         followers
-            .entry(instance.to_owned())
+            .entry(service.to_owned())
             .or_insert_with(|| broadcast::channel(1024).0)
             .clone()
     }
 
-    /// Live lines of `instance` from now on.
-    pub fn follow(&self, instance: &str) -> broadcast::Receiver<Line> {
-        self.sender(instance).subscribe()
+    /// Live lines of every instance of `service` from now on, including instances
+    /// that start later.
+    pub fn follow(&self, service: &str) -> broadcast::Receiver<Line> {
+        self.sender(service).subscribe()
     }
 
     /// The last `n` lines of `instance` (from the current and rotated files).
@@ -102,11 +103,17 @@ impl LogHub {
         lines
     }
 
-    /// Copies every line of `stream` into the instance's log until it ends.
-    pub async fn capture(self: Arc<Self>, instance: String, stream: impl AsyncRead + Unpin) {
+    /// Copies every line of `stream` into the log of `instance` (of `service`) until
+    /// it ends.
+    pub async fn capture(
+        self: Arc<Self>,
+        service: String,
+        instance: String,
+        stream: impl AsyncRead + Unpin,
+    ) {
         let mut reader = BufReader::new(stream);
         let mut buffer = Vec::new();
-        let sender = self.sender(&instance);
+        let sender = self.sender(&service);
         loop {
             buffer.clear();
             match (&mut reader)
@@ -232,10 +239,10 @@ mod tests {
             },
         )
         .unwrap();
-        let mut follower = hub.follow("svc-0");
+        let mut follower = hub.follow("svc");
         let input: String = (0..60).map(|n| format!("line {n:02}\n")).collect();
         Arc::clone(&hub)
-            .capture("svc-0".into(), input.as_bytes())
+            .capture("svc".into(), "svc-0".into(), input.as_bytes())
             .await;
         // 8 bytes a line, 100 per file: the current file and two rotated ones remain.
         let tail = hub.tail("svc-0", 5);
@@ -264,7 +271,9 @@ mod tests {
         .unwrap();
         let mut input = vec![b'x'; MAX_LINE_BYTES * 3];
         input.extend_from_slice(b"\nafter\n\xff\xfe binary\n");
-        Arc::clone(&hub).capture("i".into(), &input[..]).await;
+        Arc::clone(&hub)
+            .capture("s".into(), "i".into(), &input[..])
+            .await;
         let tail = hub.tail("i", 10);
         assert_eq!(
             tail.len(),

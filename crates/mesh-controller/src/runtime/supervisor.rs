@@ -379,6 +379,13 @@ impl Manager {
         }
     }
 
+    /// Publishes the state, then tells people: whoever reads the notice and asks for
+    /// the state sees what the notice says.
+    fn notify(&self, line: String) {
+        self.publish();
+        let _ = self.notices.send(line);
+    }
+
     fn publish(&self) {
         let mut platform = PlatformStatus::new();
         for (name, spec) in &self.desired.services {
@@ -478,6 +485,7 @@ impl Manager {
         }
         let (stop, stop_rx) = watch::channel(false);
         let plan = Plan {
+            service: service.to_owned(),
             id: id.clone(),
             binary,
             args: spec.args.clone(),
@@ -592,7 +600,7 @@ impl Manager {
                     }
                     Err(error) => tracing::warn!(%error, id, "registration failed"),
                 }
-                let _ = self.notices.send(format!("{id} SERVING (pid {pid})"));
+                self.notify(format!("{id} SERVING (pid {pid})"));
                 self.record(
                     "runtime.instance_serving",
                     serde_json::json!({ "instance": id, "pid": pid }),
@@ -622,7 +630,7 @@ impl Manager {
                 if instance.status.state != State::Stopping {
                     instance.status.state = state;
                 }
-                let _ = self.notices.send(format!(
+                self.notify(format!(
                     "{id} (pid {pid}) exited: {status}; {word} in {}",
                     humantime::format_duration(round_ms(after.delay()))
                 ));
@@ -649,13 +657,13 @@ impl Manager {
                         };
                     }
                 }
-                let _ = self.notices.send(format!(
+                self.notify(format!(
                     "{id} failed to start: {error}; retrying in {}",
                     humantime::format_duration(round_ms(after.delay()))
                 ));
             }
             Report::Stopped { id, status } => {
-                let _ = self.notices.send(format!("{id} stopped: {status}"));
+                self.notify(format!("{id} stopped: {status}"));
                 self.instances.remove(&id);
                 self.record(
                     "runtime.instance_stopped",
@@ -811,6 +819,7 @@ fn round_ms(duration: Duration) -> Duration {
 
 /// Everything a supervisor needs to run one instance.
 struct Plan {
+    service: String,
     id: String,
     binary: PathBuf,
     args: Vec<String>,
@@ -928,10 +937,10 @@ fn spawn(plan: &Plan, logs: &Arc<LogHub>) -> std::io::Result<Child> {
         .kill_on_drop(true);
     let mut child = command.spawn()?;
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(Arc::clone(logs).capture(plan.id.clone(), stdout));
+        tokio::spawn(Arc::clone(logs).capture(plan.service.clone(), plan.id.clone(), stdout));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(Arc::clone(logs).capture(plan.id.clone(), stderr));
+        tokio::spawn(Arc::clone(logs).capture(plan.service.clone(), plan.id.clone(), stderr));
     }
     Ok(child)
 }

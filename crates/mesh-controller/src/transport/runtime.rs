@@ -149,11 +149,8 @@ impl Runtime for RuntimeService {
         };
         let hub: &LogHub = runtime.logs();
         let (sender, receiver) = mpsc::channel(256);
-        let mut followers: Vec<broadcast::Receiver<logs::Line>> = if request.follow {
-            instances.iter().map(|id| hub.follow(id)).collect()
-        } else {
-            Vec::new()
-        };
+        let follower = request.follow.then(|| hub.follow(&request.service));
+        let only = (!request.instance_id.is_empty()).then(|| request.instance_id.clone());
         let mut history = Vec::new();
         for id in &instances {
             for text in hub.tail(id, tail) {
@@ -173,32 +170,25 @@ impl Runtime for RuntimeService {
                     return;
                 }
             }
-            if followers.is_empty() {
+            let Some(mut follower) = follower else {
                 return;
-            }
-            let (merged, mut lines) = mpsc::channel(256);
-            for mut follower in followers.drain(..) {
-                let merged = merged.clone();
-                tokio::spawn(async move {
-                    loop {
-                        match follower.recv().await {
-                            Ok(line) => {
-                                if merged.send(line).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        }
-                    }
-                });
-            }
-            drop(merged);
+            };
             loop {
                 tokio::select! {
-                    line = lines.recv() => {
-                        let Some(line) = line else { return };
-                        if !keep(&line.text) {
+                    line = follower.recv() => {
+                        let line = match line {
+                            Ok(line) => line,
+                            Err(broadcast::error::RecvError::Lagged(skipped)) => logs::Line {
+                                instance: String::new(),
+                                text: format!("[{skipped} lines skipped: the reader was too slow]"),
+                                time_ms: omnimesh_common::time::now_ms(),
+                            },
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        };
+                        if only.as_ref().is_some_and(|only| *only != line.instance && !line.instance.is_empty()) {
+                            continue;
+                        }
+                        if !keep(&line.text) && !line.instance.is_empty() {
                             continue;
                         }
                         let message = pb::LogLine {
