@@ -1,5 +1,6 @@
 //! Process plumbing shared by the four OmniMesh services, and nothing domain-specific.
 //!
+//! - [`auth`]: JWT verification (HS256 local key, JWKS public keys) and roles.
 //! - [`config`]: one `omnimesh.toml` with a section per service, merged with defaults
 //!   and `OMNIMESH_<SERVICE>__…` environment variables; errors name key, origin and reason.
 //! - [`server`]: the gRPC server every service runs — health, reflection, `/healthz`,
@@ -9,8 +10,10 @@
 //! - [`ports`]: the local default addresses that SPEC fixes.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod db;
+pub mod files;
 pub mod message_limit;
 pub mod ports;
 pub mod server;

@@ -5,7 +5,6 @@
 //! with mode 0600. The key is never logged; only its id (a digest) is recorded with each
 //! wrapped version, so a rotated master key can be told apart.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -73,25 +72,26 @@ impl MasterKey {
             return Self::from_bytes(value.as_bytes())
                 .map_err(|reason| format!("the master key variable: {reason}"));
         }
-        match std::fs::read(file) {
-            Ok(bytes) => Self::from_bytes(&Zeroizing::new(bytes))
-                .map_err(|reason| format!("{}: {reason}", file.display())),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound && generate => {
-                let material = crypto::random(rng, 32).map_err(|e| e.to_string())?;
-                match write_private(file, &material) {
-                    Ok(()) => {
-                        tracing::info!(path = %file.display(), "generated a new master key");
-                        Self::from_bytes(&material)
-                    }
-                    // Another replica starting at the same moment won: use its key.
-                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                        Self::load(None, file, false, rng)
-                    }
-                    Err(error) => Err(format!("creating {}: {error}", file.display())),
-                }
-            }
-            Err(error) => Err(format!("reading {}: {error}", file.display())),
+        if !generate {
+            let bytes = Zeroizing::new(
+                std::fs::read(file)
+                    .map_err(|error| format!("reading {}: {error}", file.display()))?,
+            );
+            return Self::from_bytes(&bytes)
+                .map_err(|reason| format!("{}: {reason}", file.display()));
         }
+        let (bytes, created) = omnimesh_common::files::read_or_create_private(file, || {
+            // Moved out, not copied: the Zeroizing wrapper is left holding an empty vector.
+            crypto::random(rng, 32)
+                .map(|mut material| std::mem::take(&mut *material))
+                .map_err(|error| std::io::Error::other(error.to_string()))
+        })
+        .map_err(|error| format!("reading or creating {}: {error}", file.display()))?;
+        let bytes = Zeroizing::new(bytes);
+        if created {
+            tracing::info!(path = %file.display(), "generated a new master key");
+        }
+        Self::from_bytes(&bytes).map_err(|reason| format!("{}: {reason}", file.display()))
     }
 
     /// The key's id (a digest prefix, safe to store and log).
@@ -128,35 +128,6 @@ impl MasterKey {
                 EngineError::Internal
             })
     }
-}
-
-/// Writes a 0600 file that appears whole or not at all: the bytes go to a private
-/// temporary file first, which is then hard-linked into place (failing with
-/// `AlreadyExists` when another process got there first), so a concurrent reader never
-/// sees a partial key.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let temporary = parent.join(format!(
-        ".{}.{}.{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::hard_link(&temporary, path)
-    })();
-    let _ = std::fs::remove_file(&temporary);
-    written
 }
 
 #[cfg(test)]
