@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use omnimesh_common::auth::AuthConfig;
 use omnimesh_common::config::{Invalid, ServiceConfig};
 use omnimesh_common::db::Backend;
 use omnimesh_common::server::{GrpcListen, ServerConfig};
@@ -36,6 +37,9 @@ pub struct Config {
     /// The service registry.
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// Who may call: mutating RPCs need an operator or admin token.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// `[mesh-controller.events]`: where the event log lives and what an append may carry.
@@ -135,6 +139,7 @@ impl Default for Config {
             local_runtime: LocalRuntimeConfig::default(),
             events: EventsConfig::default(),
             registry: RegistryConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -153,6 +158,9 @@ impl ServiceConfig for Config {
         self.events
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("events.{key}"), reason))?;
+        self.auth
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("auth.{key}"), reason))?;
         self.registry
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("registry.{key}"), reason))?;
@@ -171,6 +179,7 @@ impl Config {
                 database_url: format!("sqlite://{}", dir.join("events.db").display()),
                 ..EventsConfig::default()
             },
+            auth: AuthConfig::for_test(dir),
             ..Self::default()
         }
     }

@@ -14,6 +14,9 @@ pub enum Error {
     /// The registry could not be rebuilt from the event log.
     #[error("registry: {0}")]
     Registry(crate::events::AppendError),
+    /// The token keys could not be loaded or created.
+    #[error("auth keys: {0}")]
+    Auth(omnimesh_common::auth::KeyError),
     /// The local runtime could not launch or keep the platform running.
     #[error(transparent)]
     Launch(#[from] runtime::local::Error),

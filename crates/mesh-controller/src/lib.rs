@@ -20,6 +20,9 @@ mod transport;
 
 use std::future::Future;
 
+use std::sync::Arc;
+
+use omnimesh_common::auth::{Authenticator, Verifier};
 use omnimesh_common::server::GrpcServer;
 use omnimesh_proto::controller::v1::events_server::EventsServer;
 use omnimesh_proto::controller::v1::registry_server::RegistryServer;
@@ -83,20 +86,25 @@ impl App {
     ) -> Result<Self, Error> {
         let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
         let streams = CancellationToken::new();
+        let verifier = Verifier::load(&config.auth).map_err(Error::Auth)?;
+        let auth = Authenticator::new(Arc::new(verifier));
         let server = GrpcServer::builder(SERVICE, &config.server)
-            .add_service(RegistryServer::new(transport::RegistryService::new(
-                core.registry,
-                streams.clone(),
-            )))
-            .add_service(EventsServer::new(transport::EventsService::new(
-                core.store,
-                streams.clone(),
-            )))
-            .add_service(RolloutsServer::new(transport::RolloutsService))
-            .add_service(RuntimeServer::new(transport::RuntimeService::new(
-                runtime,
-                streams.clone(),
-            )))
+            .add_service(RegistryServer::with_interceptor(
+                transport::RegistryService::new(core.registry, streams.clone()),
+                auth.clone(),
+            ))
+            .add_service(EventsServer::with_interceptor(
+                transport::EventsService::new(core.store, streams.clone()),
+                auth.clone(),
+            ))
+            .add_service(RolloutsServer::with_interceptor(
+                transport::RolloutsService,
+                auth.clone(),
+            ))
+            .add_service(RuntimeServer::with_interceptor(
+                transport::RuntimeService::new(runtime, streams.clone()),
+                auth,
+            ))
             .descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET)
             .reflection(true)
             .admin_http(metrics)

@@ -18,6 +18,18 @@ enum Command {
     Serve,
     /// Start, supervise and stop the four services on 127.0.0.1 (`make run`).
     Launch,
+    /// Print a token signed with the local HS256 key (`[mesh-controller.auth]`).
+    Token {
+        /// Who the token names (its `sub`).
+        #[arg(long, default_value = "operator")]
+        subject: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "operator", value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// How long it is valid, e.g. 1h, 30m.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 #[tokio::main]
@@ -25,6 +37,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let sources = Sources::from_process();
     let config: Config = omnimesh_common::config::load_or_exit(&sources);
+    if let Some(Command::Token { subject, role, ttl }) = &cli.command {
+        let issuer = omnimesh_common::auth::Issuer::load(&config.auth)?;
+        let role =
+            omnimesh_common::auth::Role::parse(role).unwrap_or(omnimesh_common::auth::Role::Viewer);
+        println!("{}", issuer.issue(subject, role, *ttl));
+        return Ok(());
+    }
     let _telemetry = omnimesh_telemetry::init("mesh-controller", &config.telemetry)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -36,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             app.serve(listener, omnimesh_common::shutdown_signal())
                 .await?;
         }
+        Command::Token { .. } => {}
         Command::Launch => {
             mesh_controller::launch(
                 &config,

@@ -78,3 +78,41 @@ pub async fn assert_serves(channel: Channel, services: &[&str]) {
         "reflection"
     );
 }
+
+/// A client interceptor that sends `authorization: Bearer <token>` with every call.
+#[derive(Debug, Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    /// Sends `token`.
+    ///
+    /// # Panics
+    /// When the token is not printable ASCII (tokens always are).
+    pub fn new(token: &str) -> Self {
+        Self(
+            format!("Bearer {token}")
+                .parse()
+                .expect("a token is printable ASCII"),
+        )
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel that authenticates every call with `token`.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// `channel` with `token` on every call, for a generated client's `new`.
+pub fn authed(channel: Channel, token: &str) -> Authed {
+    tonic::service::interceptor::InterceptedService::new(channel, Bearer::new(token))
+}

@@ -120,6 +120,20 @@ impl Launcher {
             })?
     }
 
+    /// A token from `mesh-controller token`, run where the launcher runs (so it signs
+    /// with the platform's local key).
+    pub async fn token(&self, role: &str) -> String {
+        let output = Command::new(binary("mesh-controller"))
+            .args(["token", "--subject", "e2e", "--role", role])
+            .current_dir(self.dir.path())
+            .env("OMNIMESH_CONFIG", self.dir.path().join("omnimesh.toml"))
+            .output()
+            .await
+            .expect("mesh-controller token runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
     /// Waits for the status table and returns instance → (address, pid).
     pub async fn ready_table(&mut self) -> anyhow::Result<BTreeMap<String, (SocketAddr, i32)>> {
         self.line_where("the status table", |line| line.starts_with("INSTANCE"))

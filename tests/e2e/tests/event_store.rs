@@ -14,6 +14,7 @@ use std::time::Duration;
 use omnimesh_proto::controller::v1 as pb;
 use omnimesh_proto::controller::v1::events_client::EventsClient;
 use omnimesh_test_support::eventually;
+use omnimesh_test_support::grpc::{Authed, authed};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -57,8 +58,21 @@ async fn wait_serving(channel: &Channel) {
     .unwrap();
 }
 
+/// An operator token signed with the key the controller in `dir` uses.
+fn token(dir: &Path) -> String {
+    let config = omnimesh_common::auth::AuthConfig {
+        hs256_key_file: dir.join(".omnimesh/jwt-hs256.key"),
+        ..Default::default()
+    };
+    omnimesh_common::auth::Issuer::load(&config).unwrap().issue(
+        "e2e",
+        omnimesh_common::auth::Role::Operator,
+        Duration::from_secs(600),
+    )
+}
+
 /// Appends `key` (one event) until the controller acknowledges it, through restarts.
-async fn append_until_acknowledged(channel: Channel, stream: String, key: String) -> u64 {
+async fn append_until_acknowledged(channel: Authed, stream: String, key: String) -> u64 {
     let request = pb::AppendRequest {
         stream_id: stream,
         expected: None,
@@ -96,11 +110,12 @@ async fn crash_and_resume(database_url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_port();
     let mut controller = start(dir.path(), addr, database_url);
-    let channel = Channel::from_shared(format!("http://{addr}"))
+    let plain = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy();
-    wait_serving(&channel).await;
+    wait_serving(&plain).await;
+    let channel = authed(plain, &token(dir.path()));
 
     // The subscriber: follows from the start, resubscribes after each break from the
     // last delivered position + 1, and records what it saw.

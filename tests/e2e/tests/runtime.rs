@@ -16,6 +16,7 @@ use omnimesh_proto::controller::v1::registry_client::RegistryClient;
 use omnimesh_proto::controller::v1::runtime_client::RuntimeClient;
 use omnimesh_proto::engine::v1 as engine;
 use omnimesh_proto::engine::v1::engine_client::EngineClient;
+use omnimesh_test_support::grpc::{Authed, authed};
 use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -26,7 +27,7 @@ fn channel(address: &str) -> Channel {
         .connect_lazy()
 }
 
-async fn scale(runtime: &mut RuntimeClient<Channel>, replicas: i32) -> pb::ScaleResponse {
+async fn scale(runtime: &mut RuntimeClient<Authed>, replicas: i32) -> pb::ScaleResponse {
     runtime
         .scale(pb::ScaleRequest {
             service: "core-engine".into(),
@@ -156,7 +157,8 @@ async fn scaling_two_four_one_under_load_fails_no_request() {
     let mut launcher = Launcher::start("deregister_grace = \"300ms\"\n");
     let rows = launcher.ready_table().await.unwrap();
     let controller = channel(&rows["mesh-controller"].0.to_string());
-    let mut runtime = RuntimeClient::new(controller.clone());
+    let token = launcher.token("operator").await;
+    let mut runtime = RuntimeClient::new(authed(controller.clone(), &token));
 
     // Logs: the tail of a replica holds its start-up, and a follower sees new replicas.
     let tail: Vec<pb::LogLine> = {
@@ -303,8 +305,32 @@ async fn a_crash_loop_is_a_state_and_hostile_requests_change_nothing() {
         .next()
         .unwrap()
         .to_owned();
-    let mut runtime = RuntimeClient::new(channel(&controller_address));
-    let health = |runtime: &mut RuntimeClient<Channel>| {
+    let token = launcher.token("operator").await;
+    let mut runtime = RuntimeClient::new(authed(channel(&controller_address), &token));
+    // Without a token, and with a viewer's, Scale is refused.
+    for (client_token, code) in [
+        (None, Code::Unauthenticated),
+        (Some(launcher.token("viewer").await), Code::PermissionDenied),
+    ] {
+        let channel = channel(&controller_address);
+        let request = pb::ScaleRequest {
+            service: "core-engine".into(),
+            replicas: 3,
+            ..Default::default()
+        };
+        let status = match client_token {
+            None => RuntimeClient::new(channel)
+                .scale(request)
+                .await
+                .unwrap_err(),
+            Some(token) => RuntimeClient::new(authed(channel, &token))
+                .scale(request)
+                .await
+                .unwrap_err(),
+        };
+        assert_eq!(status.code(), code);
+    }
+    let health = |runtime: &mut RuntimeClient<Authed>| {
         let mut runtime = runtime.clone();
         async move {
             runtime

@@ -91,6 +91,8 @@ impl Events for EventsService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        // The actor is who the token names, whatever the events claim.
+        let actor = super::operator(&request)?;
         let request = request.into_inner();
         let events = request
             .events
@@ -98,7 +100,10 @@ impl Events for EventsService {
             .map(|event| NewEvent {
                 event_type: event.r#type,
                 data: event.data,
-                metadata: metadata(event.metadata),
+                metadata: Metadata {
+                    actor: actor.clone(),
+                    ..metadata(event.metadata)
+                },
                 idempotency_key: (!event.idempotency_key.is_empty())
                     .then_some(event.idempotency_key),
             })

@@ -15,16 +15,11 @@ pub(crate) use omnimesh_common::time::timestamp;
 pub(crate) use registry::RegistryService;
 pub(crate) use runtime::RuntimeService;
 
-/// Who made a call: inserted into the request's extensions by the authentication layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Actor(pub(crate) String);
-
-/// The caller recorded in events: the authenticated subject, else `anonymous`.
-pub(crate) fn actor<T>(request: &tonic::Request<T>) -> String {
-    request
-        .extensions()
-        .get::<Actor>()
-        .map_or_else(|| "anonymous".to_owned(), |actor| actor.0.clone())
+/// The caller of a mutating RPC, recorded as the actor of its events: it must hold an
+/// operator (or admin) token.
+pub(crate) fn operator<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
+    omnimesh_common::auth::require(request, omnimesh_common::auth::Role::Operator)
+        .map(|identity| identity.subject)
 }
 
 /// `omnimesh.controller.v1.Rollouts`.

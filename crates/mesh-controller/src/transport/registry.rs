@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::actor;
+use super::operator;
 use crate::registry::model::{self, Health, Instance, Registration, Registry, RegistryError};
 use crate::registry::{CallError, RegistryHandle};
 
@@ -88,7 +88,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let actor = actor(&request);
+        let actor = operator(&request)?;
         let request = request.into_inner();
         let given = request
             .instance
@@ -131,6 +131,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        operator(&request)?;
         let expires = self
             .registry
             .heartbeat(&request.into_inner().instance_id)
@@ -145,7 +146,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
-        let actor = actor(&request);
+        let actor = operator(&request)?;
         self.registry
             .deregister(&request.into_inner().instance_id, &actor)
             .await

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::actor;
+use super::operator;
 use crate::runtime::logs::{self, LogHub};
 use crate::runtime::supervisor::{RuntimeHandle, ScaleError, State};
 
@@ -52,7 +52,7 @@ impl Runtime for RuntimeService {
         &self,
         request: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleResponse>, Status> {
-        let actor = actor(&request);
+        let actor = operator(&request)?;
         let request = request.into_inner();
         let (previous, replicas) = self
             .runtime()?

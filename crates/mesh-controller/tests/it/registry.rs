@@ -7,15 +7,30 @@ use std::path::Path;
 use std::time::Duration;
 
 use mesh_controller::{App, Config};
+use omnimesh_common::auth::{Issuer, Role};
 use omnimesh_proto::controller::v1 as pb;
 use omnimesh_proto::controller::v1::events_client::EventsClient;
 use omnimesh_proto::controller::v1::registry_client::RegistryClient;
 use omnimesh_test_support::TestServer;
+use omnimesh_test_support::grpc::{Authed, authed};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 use tonic_health::ServingStatus;
+
+/// An operator token for the controller whose data is in `dir`.
+fn token(dir: &Path) -> String {
+    Issuer::load(&Config::for_test(dir).auth).unwrap().issue(
+        "tester",
+        Role::Operator,
+        Duration::from_secs(600),
+    )
+}
+
+/// A registry client of `server` with an operator token.
+async fn client(server: &TestServer, dir: &Path) -> RegistryClient<Authed> {
+    RegistryClient::new(authed(server.channel().await, &token(dir)))
+}
 
 /// A controller whose registry checks every 50 ms and reacts after 2 checks.
 async fn start(dir: &Path, default_ttl: Duration) -> TestServer {
@@ -57,7 +72,7 @@ fn instance(service: &str, address: &str) -> pb::Instance {
     }
 }
 
-async fn register(client: &mut RegistryClient<Channel>, instance: pb::Instance) -> String {
+async fn register(client: &mut RegistryClient<Authed>, instance: pb::Instance) -> String {
     client
         .register(pb::RegisterRequest {
             instance: Some(instance),
@@ -89,7 +104,7 @@ fn health_of(response: &pb::WatchResponse) -> HashMap<String, pb::InstanceHealth
 async fn register_watch_deregister_and_every_change_is_an_event() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), Duration::from_secs(60)).await;
-    let mut client = RegistryClient::new(server.channel().await);
+    let mut client = client(&server, dir.path()).await;
     let (a, _reporter_a) = health_server().await;
     let (b, _reporter_b) = health_server().await;
 
@@ -182,8 +197,9 @@ async fn register_watch_deregister_and_every_change_is_an_event() {
     assert!(
         events
             .iter()
-            .all(|e| e.metadata.as_ref().unwrap().actor == "anonymous"
-                || e.r#type == "registry.health_changed")
+            .filter(|e| e.r#type != "registry.health_changed")
+            .all(|e| e.metadata.as_ref().unwrap().actor == "tester"),
+        "{events:?}"
     );
     server.stop().await.unwrap();
 }
@@ -192,7 +208,7 @@ async fn register_watch_deregister_and_every_change_is_an_event() {
 async fn active_checks_mark_instances_down_and_up_at_the_thresholds() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), Duration::from_secs(60)).await;
-    let mut client = RegistryClient::new(server.channel().await);
+    let mut client = client(&server, dir.path()).await;
     let (address, reporter) = health_server().await;
     let mut watch = client
         .watch(pb::WatchRequest {
@@ -244,7 +260,7 @@ async fn active_checks_mark_instances_down_and_up_at_the_thresholds() {
 async fn silent_instances_expire_and_heartbeats_then_fail() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), Duration::from_secs(1)).await;
-    let mut client = RegistryClient::new(server.channel().await);
+    let mut client = client(&server, dir.path()).await;
     let (address, _reporter) = health_server().await;
     let mut watch = client
         .watch(pb::WatchRequest::default())
@@ -284,7 +300,7 @@ async fn silent_instances_expire_and_heartbeats_then_fail() {
 async fn malformed_registrations_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), Duration::from_secs(60)).await;
-    let mut client = RegistryClient::new(server.channel().await);
+    let mut client = client(&server, dir.path()).await;
     let labels = (0..40).map(|n| (n.to_string(), "v".to_string())).collect();
     let cases = [
         (None, "instance"),
@@ -391,7 +407,7 @@ async fn a_restarted_controller_rebuilds_the_registry_from_snapshot_and_log() {
     let (address, _reporter) = health_server().await;
     let before = {
         let server = start(dir.path(), Duration::from_secs(60)).await;
-        let mut client = RegistryClient::new(server.channel().await);
+        let mut client = client(&server, dir.path()).await;
         // snapshot_every = 3: the fourth and fifth changes come after the snapshot.
         for port in 1..=4 {
             register(
@@ -416,7 +432,7 @@ async fn a_restarted_controller_rebuilds_the_registry_from_snapshot_and_log() {
         listed
     };
     let server = start(dir.path(), Duration::from_secs(60)).await;
-    let mut client = RegistryClient::new(server.channel().await);
+    let mut client = client(&server, dir.path()).await;
     let after = client
         .list_services(pb::ListServicesRequest {})
         .await
