@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{Limits, StoreOptions};
 use crate::registry::RegistryConfig;
+use crate::runtime::build::BuildConfig;
 
 use crate::runtime::local::LocalRuntimeConfig;
 
@@ -40,6 +41,9 @@ pub struct Config {
     /// Who may call: mutating RPCs need an operator or admin token.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `Build`: where the workspace is and which cargo builds it.
+    #[serde(default)]
+    pub build: BuildConfig,
 }
 
 /// `[mesh-controller.events]`: where the event log lives and what an append may carry.
@@ -140,6 +144,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             registry: RegistryConfig::default(),
             auth: AuthConfig::default(),
+            build: BuildConfig::default(),
         }
     }
 }

@@ -11,8 +11,8 @@ pub enum Error {
     /// The event store could not be opened or migrated.
     #[error("event store: {0}")]
     EventStore(sqlx::Error),
-    /// The registry could not be rebuilt from the event log.
-    #[error("registry: {0}")]
+    /// The registry or the projections could not be rebuilt from the event log.
+    #[error("rebuilding from the event log: {0}")]
     Registry(crate::events::AppendError),
     /// The token keys could not be loaded or created.
     #[error("auth keys: {0}")]

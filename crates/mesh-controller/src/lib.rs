@@ -14,6 +14,7 @@
 mod config;
 mod error;
 pub mod events;
+pub mod projections;
 pub mod registry;
 pub mod runtime;
 mod transport;
@@ -33,7 +34,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventStore;
+use crate::projections::Projections;
 use crate::registry::RegistryHandle;
+use crate::runtime::build::Builder;
 use crate::runtime::supervisor::RuntimeHandle;
 
 pub use config::Config;
@@ -54,6 +57,7 @@ pub struct App {
 struct Core {
     store: EventStore,
     registry: RegistryHandle,
+    projections: Projections,
 }
 
 impl Core {
@@ -64,7 +68,14 @@ impl Core {
         let registry = RegistryHandle::start(store.clone(), config.registry.clone())
             .await
             .map_err(Error::Registry)?;
-        Ok(Self { store, registry })
+        let projections = Projections::start(store.clone())
+            .await
+            .map_err(Error::Registry)?;
+        Ok(Self {
+            store,
+            registry,
+            projections,
+        })
     }
 }
 
@@ -94,7 +105,7 @@ impl App {
                 auth.clone(),
             ))
             .add_service(EventsServer::with_interceptor(
-                transport::EventsService::new(core.store, streams.clone()),
+                transport::EventsService::new(core.store.clone(), streams.clone()),
                 auth.clone(),
             ))
             .add_service(RolloutsServer::with_interceptor(
@@ -102,7 +113,12 @@ impl App {
                 auth.clone(),
             ))
             .add_service(RuntimeServer::with_interceptor(
-                transport::RuntimeService::new(runtime, streams.clone()),
+                transport::RuntimeService::new(
+                    runtime,
+                    Builder::new(config.build.clone(), core.store.clone()),
+                    core.projections,
+                    streams.clone(),
+                ),
                 auth,
             ))
             .descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET)

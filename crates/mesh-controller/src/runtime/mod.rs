@@ -6,6 +6,7 @@
 //! the captured output. The Kubernetes runtime (Argo
 //! Rollouts through kube-rs) joins it in a later change.
 
+pub mod build;
 pub mod desired;
 pub mod local;
 pub mod logs;

@@ -1,5 +1,5 @@
 //! `omnimesh.controller.v1.Runtime`: the local runtime over gRPC — Scale, Logs and the
-//! platform health. Build and ListReleases answer `UNIMPLEMENTED` until they land.
+//! platform health (these need a local runtime), Build and ListReleases.
 
 use omnimesh_common::time::timestamp;
 use omnimesh_proto::controller::v1 as pb;
@@ -11,6 +11,8 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::operator;
+use crate::projections::{Projections, Release};
+use crate::runtime::build::{BuildError, Builder, Progress};
 use crate::runtime::logs::{self, LogHub};
 use crate::runtime::supervisor::{RuntimeHandle, ScaleError, State};
 
@@ -18,13 +20,25 @@ use crate::runtime::supervisor::{RuntimeHandle, ScaleError, State};
 #[derive(Debug, Clone)]
 pub(crate) struct RuntimeService {
     runtime: Option<RuntimeHandle>,
+    builder: Builder,
+    projections: Projections,
     streams: CancellationToken,
 }
 
 impl RuntimeService {
     /// `runtime` is `None` when the controller runs without a local runtime.
-    pub(crate) fn new(runtime: Option<RuntimeHandle>, streams: CancellationToken) -> Self {
-        Self { runtime, streams }
+    pub(crate) fn new(
+        runtime: Option<RuntimeHandle>,
+        builder: Builder,
+        projections: Projections,
+        streams: CancellationToken,
+    ) -> Self {
+        Self {
+            runtime,
+            builder,
+            projections,
+            streams,
+        }
     }
 
     fn runtime(&self) -> Result<&RuntimeHandle, Status> {
@@ -46,8 +60,69 @@ fn state(state: State) -> pb::InstanceState {
     }
 }
 
+fn release(release: Release) -> pb::Release {
+    pb::Release {
+        id: release.id,
+        service: release.service,
+        version: release.version,
+        git_revision: release.git_revision,
+        binary_sha256: release.binary_sha256.into_iter().collect(),
+        built_at: Some(timestamp(release.built_at_ms)),
+    }
+}
+
 #[tonic::async_trait]
 impl Runtime for RuntimeService {
+    async fn build(
+        &self,
+        request: Request<pb::BuildRequest>,
+    ) -> Result<Response<BoxStream<pb::BuildProgress>>, Status> {
+        let actor = operator(&request)?;
+        let request = request.into_inner();
+        let mut progress = self
+            .builder
+            .start(&request.service, request.release, &actor)
+            .map_err(|error| match error {
+                BuildError::UnknownService(_) => Status::not_found(error.to_string()),
+                BuildError::Busy => Status::aborted(error.to_string()),
+            })?;
+        let (sender, receiver) = mpsc::channel(256);
+        tokio::spawn(async move {
+            use pb::build_progress::Event;
+            while let Some(step) = progress.recv().await {
+                let event = match step {
+                    Progress::Line(line) => Event::LogLine(line),
+                    Progress::Finished(done) => Event::Finished(release(done)),
+                    Progress::Failed(reason) => Event::Failed(reason),
+                };
+                // The build goes on when the client leaves; only the stream ends.
+                let _ = sender
+                    .send(Ok(pb::BuildProgress { event: Some(event) }))
+                    .await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        let service = request.into_inner().service;
+        let views = self
+            .projections
+            .caught_up()
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        let releases = views
+            .releases
+            .into_iter()
+            .filter(|r| service.is_empty() || r.service == service || r.service.is_empty())
+            .map(release)
+            .collect();
+        Ok(Response::new(pb::ListReleasesResponse { releases }))
+    }
+
     async fn scale(
         &self,
         request: Request<pb::ScaleRequest>,

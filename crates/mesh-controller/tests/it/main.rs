@@ -1,5 +1,6 @@
 //! mesh-controller integration tests: the real server in-process on 127.0.0.1:0.
 
 mod auth;
+mod build;
 mod registry;
 mod serving;
