@@ -87,6 +87,12 @@ pub async fn open(
         Backend::Sqlite => sqlite_url(url)?,
         Backend::Postgres => url.to_owned(),
     };
+    // sqlx serialises migrations with an advisory lock on PostgreSQL but not on SQLite:
+    // processes opening one file at once (two replicas) take a file lock next to it.
+    let _migration_lock = match backend {
+        Backend::Sqlite => sqlite_lock(&url).await?,
+        Backend::Postgres => None,
+    };
     let synchronous = match options.durability {
         Durability::Normal => "PRAGMA synchronous = NORMAL",
         Durability::Full => "PRAGMA synchronous = FULL",
@@ -97,10 +103,12 @@ pub async fn open(
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
+                    // The busy timeout first: switching to WAL takes a lock that another
+                    // process opening the same file may hold for a moment.
                     for pragma in [
+                        "PRAGMA busy_timeout = 5000",
                         "PRAGMA journal_mode = WAL",
                         synchronous,
-                        "PRAGMA busy_timeout = 5000",
                         "PRAGMA foreign_keys = ON",
                     ] {
                         sqlx::query(pragma).execute(&mut *connection).await?;
@@ -119,14 +127,41 @@ pub async fn open(
     Ok((pool, backend))
 }
 
-/// The URL with `mode=rwc` (create when missing), after creating the file's directory.
-fn sqlite_url(url: &str) -> Result<String, sqlx::Error> {
-    let path = url
-        .trim_start_matches("sqlite:")
+/// An exclusive lock on `<file>.lock`, held while the caller migrates (none for an
+/// in-memory database).
+async fn sqlite_lock(url: &str) -> Result<Option<std::fs::File>, sqlx::Error> {
+    let path = sqlite_path(url);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.lock");
+    let io = |error: std::io::Error| {
+        sqlx::Error::Configuration(format!("locking {lock_path}: {error}").into())
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io)?;
+    let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|error| sqlx::Error::Configuration(error.to_string().into()))?
+        .map_err(io)?;
+    Ok(Some(file))
+}
+
+fn sqlite_path(url: &str) -> &str {
+    url.trim_start_matches("sqlite:")
         .trim_start_matches("//")
         .split('?')
         .next()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The URL with `mode=rwc` (create when missing), after creating the file's directory.
+fn sqlite_url(url: &str) -> Result<String, sqlx::Error> {
+    let path = sqlite_path(url);
     if path.is_empty() || path == ":memory:" {
         return Ok(url.to_owned());
     }
@@ -152,6 +187,31 @@ mod tests {
         assert_eq!(Backend::of("postgres://h/db"), Some(Backend::Postgres));
         assert_eq!(Backend::of("postgresql://h/db"), Some(Backend::Postgres));
         assert_eq!(Backend::of("mysql://h/db"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_opening_one_new_file_at_once_migrate_it_once() {
+        static MIGRATOR: Migrator = sqlx::migrate!("tests/migrations");
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+        let mut opens = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let url = url.clone();
+            opens.spawn(async move {
+                let options = Options {
+                    max_connections: 2,
+                    durability: Durability::Normal,
+                };
+                let migrations = Migrations {
+                    sqlite: &MIGRATOR,
+                    postgres: &MIGRATOR,
+                };
+                open(&url, options, migrations).await.map(|_| ())
+            });
+        }
+        for opened in opens.join_all().await {
+            opened.unwrap();
+        }
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //! `grpc.health.v1.Health/Check` for the gateway itself and will route everything else;
 //! the admin listener (`listen.admin`, 9901) serves `omnimesh.gateway.v1.GatewayAdmin`,
 //! health, reflection, `/healthz`, `/readyz` and `/metrics`. Routing, load balancing and
-//! security arrive with their own modules; until then the data plane answers other gRPC
+//! security arrive with their own modules (`upstream` already holds the
+//! `EndpointSource` trait with a static source and one that follows mesh-controller's
+//! registry); until then the data plane answers other gRPC
 //! calls with `UNIMPLEMENTED` and `GatewayAdmin` RPCs answer `UNIMPLEMENTED`.
 
 mod config;
 mod error;
 mod transport;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;

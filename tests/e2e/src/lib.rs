@@ -183,3 +183,58 @@ pub fn processes_in(dir: &Path) -> Vec<(i32, String)> {
     }
     found
 }
+
+/// A free loopback port (bound and released: good enough for tests that need to start a
+/// process on a known address, and again on the same one).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+}
+
+/// `mesh-controller serve` in `dir` on `addr` with its events in `database_url`.
+pub fn serve_controller(dir: &Path, addr: SocketAddr, database_url: &str) -> Child {
+    Command::new(binary("mesh-controller"))
+        .arg("serve")
+        .current_dir(dir)
+        .env("OMNIMESH_MESH_CONTROLLER__LISTEN__GRPC", addr.to_string())
+        .env(
+            "OMNIMESH_MESH_CONTROLLER__EVENTS__DATABASE_URL",
+            database_url,
+        )
+        .env("OMNIMESH_MESH_CONTROLLER__EVENTS__POLL_INTERVAL", "100ms")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mesh-controller starts")
+}
+
+/// Waits until the controller behind `channel` answers (a process starting: nothing
+/// announces it, so this polls).
+pub async fn wait_serving(channel: &tonic::transport::Channel) {
+    use omnimesh_proto::controller::v1::ReadAllRequest;
+    use omnimesh_proto::controller::v1::events_client::EventsClient;
+    omnimesh_test_support::eventually(Duration::from_secs(60), "the controller to answer", || {
+        let mut client = EventsClient::new(channel.clone());
+        async move { client.read_all(ReadAllRequest::default()).await.ok() }
+    })
+    .await
+    .expect("the controller answers");
+}
+
+/// An operator token signed with the key of the controller that runs in `dir`.
+pub fn operator_token(dir: &Path) -> String {
+    let config = omnimesh_common::auth::AuthConfig {
+        hs256_key_file: dir.join(".omnimesh/jwt-hs256.key"),
+        ..Default::default()
+    };
+    omnimesh_common::auth::Issuer::load(&config)
+        .expect("the controller's key")
+        .issue(
+            "e2e",
+            omnimesh_common::auth::Role::Operator,
+            Duration::from_secs(600),
+        )
+}

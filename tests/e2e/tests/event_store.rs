@@ -5,17 +5,13 @@
 //! duplicate. Runs on SQLite (a file) and on the real PostgreSQL.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use omnimesh_e2e::{free_port, operator_token, serve_controller, wait_serving};
 use omnimesh_proto::controller::v1 as pb;
 use omnimesh_proto::controller::v1::events_client::EventsClient;
-use omnimesh_test_support::eventually;
 use omnimesh_test_support::grpc::{Authed, authed};
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -23,53 +19,6 @@ const WRITERS: usize = 4;
 const APPENDS_PER_WRITER: usize = 60;
 /// The controller is killed once this many appends were acknowledged.
 const KILL_AFTER: usize = 80;
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn start(dir: &Path, addr: SocketAddr, database_url: &str) -> Child {
-    Command::new(omnimesh_e2e::binary("mesh-controller"))
-        .arg("serve")
-        .current_dir(dir)
-        .env("OMNIMESH_MESH_CONTROLLER__LISTEN__GRPC", addr.to_string())
-        .env(
-            "OMNIMESH_MESH_CONTROLLER__EVENTS__DATABASE_URL",
-            database_url,
-        )
-        .env("OMNIMESH_MESH_CONTROLLER__EVENTS__POLL_INTERVAL", "100ms")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_serving(channel: &Channel) {
-    eventually(Duration::from_secs(60), "the controller to answer", || {
-        let mut client = EventsClient::new(channel.clone());
-        async move { client.read_all(pb::ReadAllRequest::default()).await.ok() }
-    })
-    .await
-    .unwrap();
-}
-
-/// An operator token signed with the key the controller in `dir` uses.
-fn token(dir: &Path) -> String {
-    let config = omnimesh_common::auth::AuthConfig {
-        hs256_key_file: dir.join(".omnimesh/jwt-hs256.key"),
-        ..Default::default()
-    };
-    omnimesh_common::auth::Issuer::load(&config).unwrap().issue(
-        "e2e",
-        omnimesh_common::auth::Role::Operator,
-        Duration::from_secs(600),
-    )
-}
 
 /// Appends `key` (one event) until the controller acknowledges it, through restarts.
 async fn append_until_acknowledged(channel: Authed, stream: String, key: String) -> u64 {
@@ -109,13 +58,13 @@ async fn append_until_acknowledged(channel: Authed, stream: String, key: String)
 async fn crash_and_resume(database_url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_port();
-    let mut controller = start(dir.path(), addr, database_url);
+    let mut controller = serve_controller(dir.path(), addr, database_url);
     let plain = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy();
     wait_serving(&plain).await;
-    let channel = authed(plain, &token(dir.path()));
+    let channel = authed(plain, &operator_token(dir.path()));
 
     // The subscriber: follows from the start, resubscribes after each break from the
     // last delivered position + 1, and records what it saw.
@@ -180,7 +129,7 @@ async fn crash_and_resume(database_url: &str) {
         killed_at < WRITERS * APPENDS_PER_WRITER,
         "the kill came too late to test anything"
     );
-    let _controller = start(dir.path(), addr, database_url);
+    let _controller = serve_controller(dir.path(), addr, database_url);
 
     let mut acknowledged_positions: BTreeMap<String, u64> = BTreeMap::new();
     for positions in writers.join_all().await {

@@ -102,7 +102,7 @@ async fn launch_serves_restarts_and_stops_without_orphans() -> anyhow::Result<()
         .flat_map(|service| &service.instances)
         .find(|instance| instance.id == "core-engine-0")
         .context("core-engine-0 in the health report")?;
-    assert_eq!(restarted.restarts, 1);
+    assert_eq!(restarted.restarts, 1, "{restarted:?}");
     assert_eq!(restarted.state(), pb::InstanceState::Serving);
     assert!(restarted.last_error.contains("SIGKILL"), "{restarted:?}");
 

@@ -663,8 +663,8 @@ impl Manager {
                 ));
             }
             Report::Stopped { id, status } => {
-                self.notify(format!("{id} stopped: {status}"));
                 self.instances.remove(&id);
+                self.notify(format!("{id} stopped: {status}"));
                 self.record(
                     "runtime.instance_stopped",
                     serde_json::json!({ "instance": id, "status": status }),
