@@ -63,7 +63,8 @@ async fn plain_table(pool: &AnyPool) {
     .unwrap();
 }
 
-async fn plain_insert(pool: &AnyPool, id: usize) {
+/// One plain INSERT of the baseline, on a pool (autocommit) or in a transaction.
+async fn plain_insert<'c>(executor: impl sqlx::Executor<'c, Database = sqlx::Any>, id: usize) {
     sqlx::query(
         "INSERT INTO bench_plain (id, stream_id, event_type, data, actor) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -71,9 +72,9 @@ async fn plain_insert(pool: &AnyPool, id: usize) {
     .bind(id as i64)
     .bind("plain")
     .bind("bench.appended")
-    .bind(&event(id).data)
+    .bind(event(id).data)
     .bind("bench")
-    .execute(pool)
+    .execute(executor)
     .await
     .unwrap();
 }
@@ -178,19 +179,7 @@ async fn run(url: &str, scale: &Scale) -> Vec<Row> {
     for b in 0..batches {
         let mut tx = pool.begin().await.unwrap();
         for i in 0..100 {
-            let id = 1_000_000 + b * 100 + i;
-            sqlx::query(
-                "INSERT INTO bench_plain (id, stream_id, event_type, data, actor) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(id as i64)
-            .bind("plain")
-            .bind("bench.appended")
-            .bind(&event(id).data)
-            .bind("bench")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+            plain_insert(&mut *tx, 1_000_000 + b * 100 + i).await;
         }
         tx.commit().await.unwrap();
     }

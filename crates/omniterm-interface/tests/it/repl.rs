@@ -199,6 +199,9 @@ fn the_line_editor_completes_confirms_and_keeps_only_redacted_history() {
     // Ctrl-C drops a pending plan.
     terminal.type_keys("scale the gateway to 0\r");
     terminal.expect("type `scale proxy-gateway` to confirm");
+    // Ctrl-C only reaches the editor once it has put the terminal in raw mode, which it
+    // does before drawing its prompt; a ^C typed earlier is the cooked terminal's.
+    terminal.expect("to confirm> ");
     terminal.type_keys("\x03");
     terminal.expect("cancelled: nothing ran");
 
