@@ -1,11 +1,14 @@
 //! proxy-gateway's section of `omnimesh.toml`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use omnimesh_common::config::{Invalid, ServiceConfig};
 use omnimesh_common::server::ServerConfig;
 use omnimesh_telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::route::Route;
 
 /// The `[proxy-gateway]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +23,38 @@ pub struct Config {
     /// Logs and traces.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Where clusters' endpoints come from.
+    #[serde(default)]
+    pub upstreams: Upstreams,
+    /// The route table; the platform's default table when absent.
+    #[serde(default)]
+    pub routes: Option<Vec<Route>>,
+}
+
+/// `[proxy-gateway.upstreams]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstreams {
+    /// mesh-controller, whose registry's endpoint sets feed the clusters (`""`: none).
+    #[serde(default = "default_registry")]
+    pub registry: String,
+    /// Static clusters: name → `host:port` endpoints; a cluster the registry also has
+    /// is taken from the registry.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self {
+            registry: default_registry(),
+            clusters: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_registry() -> String {
+    format!("http://{}", omnimesh_common::ports::MESH_CONTROLLER_GRPC)
 }
 
 /// `[proxy-gateway.listen]`.
@@ -61,6 +96,24 @@ impl ServiceConfig for Config {
                 format!("must differ from listen.http ({})", self.listen.http),
             ));
         }
+        if !self.upstreams.registry.is_empty()
+            && self.upstreams.registry.parse::<http::Uri>().is_err()
+        {
+            return Err(Invalid::new(
+                "upstreams.registry",
+                "not a URI (http://host:port)",
+            ));
+        }
+        for (cluster, endpoints) in &self.upstreams.clusters {
+            for endpoint in endpoints {
+                if endpoint.parse::<http::uri::Authority>().is_err() || !endpoint.contains(':') {
+                    return Err(Invalid::new(
+                        format!("upstreams.clusters.{cluster}"),
+                        format!("{endpoint:?} is not host:port"),
+                    ));
+                }
+            }
+        }
         self.telemetry
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))
@@ -75,6 +128,10 @@ impl Config {
             listen: Listen {
                 http: any,
                 admin: any,
+            },
+            upstreams: Upstreams {
+                registry: String::new(),
+                clusters: BTreeMap::new(),
             },
             ..Self::default()
         }

@@ -6,4 +6,10 @@ pub enum Error {
     /// The gRPC server failed to build or to serve.
     #[error(transparent)]
     Server(#[from] omnimesh_common::server::Error),
+    /// The registry address is unusable.
+    #[error("upstreams.registry: {0}")]
+    Registry(String),
+    /// The data plane's listener failed.
+    #[error("data plane: {0}")]
+    DataPlane(std::io::Error),
 }

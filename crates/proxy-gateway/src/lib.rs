@@ -9,13 +9,17 @@
 //! registry); until then the data plane answers other gRPC
 //! calls with `UNIMPLEMENTED` and `GatewayAdmin` RPCs answer `UNIMPLEMENTED`.
 
+pub mod balance;
 mod config;
 mod error;
+pub mod proxy;
+pub mod route;
 mod transport;
 pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use omnimesh_common::server::GrpcServer;
 use omnimesh_proto::gateway::v1::gateway_admin_server::GatewayAdminServer;
@@ -59,8 +63,45 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// proxy-gateway, assembled and ready to serve.
 pub struct App {
-    data_plane: GrpcServer,
+    proxy: Arc<proxy::Proxy>,
+    health: tonic_health::server::HealthReporter,
+    drain: std::time::Duration,
     admin: GrpcServer,
+    _sources: Sources,
+}
+
+/// Keeps the endpoint sources (and the task merging them) alive with the app.
+struct Sources {
+    _registry: Option<upstream::RegistrySource>,
+    _merge: tokio_util::sync::DropGuard,
+}
+
+/// Static clusters as endpoint sets.
+fn static_sets(config: &config::Upstreams) -> upstream::Endpoints {
+    config
+        .clusters
+        .iter()
+        .map(|(cluster, endpoints)| {
+            let endpoints = endpoints
+                .iter()
+                .map(|address| upstream::Endpoint {
+                    id: format!("{cluster}@{address}"),
+                    address: address.clone(),
+                    weight: 100,
+                    subset: String::new(),
+                    version: String::new(),
+                    healthy: true,
+                })
+                .collect();
+            (
+                cluster.clone(),
+                upstream::EndpointSet {
+                    endpoints,
+                    revision: 0,
+                },
+            )
+        })
+        .collect()
 }
 
 impl App {
@@ -69,7 +110,65 @@ impl App {
     /// # Errors
     /// When a server cannot be assembled.
     pub async fn build(config: Config) -> Result<Self, Error> {
-        let data_plane = GrpcServer::builder(SERVICE, &config.server).build()?;
+        let registry = if config.upstreams.registry.is_empty() {
+            None
+        } else {
+            Some(
+                upstream::RegistrySource::start(upstream::RegistrySourceOptions {
+                    controller: config.upstreams.registry.clone(),
+                    services: Vec::new(),
+                    backoff_initial: std::time::Duration::from_millis(100),
+                    backoff_max: std::time::Duration::from_secs(5),
+                })
+                .map_err(|error| Error::Registry(error.to_string()))?,
+            )
+        };
+        let statics = static_sets(&config.upstreams);
+        let (balancers_tx, balancers) = watch::channel(Arc::new(balance::Balancers::rebuild(
+            &balance::Balancers::default(),
+            &statics,
+        )));
+        let stop = tokio_util::sync::CancellationToken::new();
+        if let Some(registry) = &registry {
+            use upstream::EndpointSource as _;
+            let mut sets = registry.endpoints();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut merged = statics.clone();
+                    merged.extend(
+                        sets.borrow_and_update()
+                            .iter()
+                            .map(|(cluster, set)| (cluster.clone(), set.clone())),
+                    );
+                    let next = balance::Balancers::rebuild(&balancers_tx.borrow(), &merged);
+                    balancers_tx.send_replace(Arc::new(next));
+                    tokio::select! {
+                        changed = sets.changed() => if changed.is_err() { return },
+                        () = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
+        let health = tonic_health::server::HealthReporter::new();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let routes = config
+            .routes
+            .clone()
+            .map_or_else(route::RouteTable::default, |routes| route::RouteTable {
+                routes,
+            });
+        let proxy = Arc::new(proxy::Proxy::new(
+            routes,
+            balancers,
+            proxy::MethodCatalog::from_descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET),
+            health_service,
+        ));
         let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
         let admin = GrpcServer::builder(SERVICE, &config.server)
             .add_service(GatewayAdminServer::new(transport::GatewayAdminService))
@@ -77,7 +176,16 @@ impl App {
             .reflection(true)
             .admin_http(metrics)
             .build()?;
-        Ok(Self { data_plane, admin })
+        Ok(Self {
+            proxy,
+            health,
+            drain: config.server.drain_timeout,
+            admin,
+            _sources: Sources {
+                _registry: registry,
+                _merge: stop.drop_guard(),
+            },
+        })
     }
 
     /// Serves both listeners until `shutdown` resolves, then drains both; stops both
@@ -105,11 +213,16 @@ impl App {
         tokio::try_join!(
             signal,
             async {
-                Ok::<(), Error>(
-                    self.data_plane
-                        .serve(listeners.http, data_plane_stop)
-                        .await?,
-                )
+                let health = self.health.clone();
+                let stop = async move {
+                    data_plane_stop.await;
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                };
+                proxy::serve(listeners.http, Arc::clone(&self.proxy), stop, self.drain)
+                    .await
+                    .map_err(Error::DataPlane)
             },
             async { Ok::<(), Error>(self.admin.serve(listeners.admin, admin_stop).await?) },
         )?;

@@ -1,0 +1,207 @@
+//! Load balancing: power of two choices over least outstanding requests, among the
+//! healthy endpoints of a cluster that a request has not tried yet.
+//!
+//! [`Balancers`] is rebuilt from every [`EndpointSource`](crate::upstream::EndpointSource)
+//! update, keeping the [`Backend`] of an endpoint that stays (and so its in-flight
+//! count); a request holds an [`InFlight`] guard while its response is open.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::upstream::{Endpoint, Endpoints};
+
+/// One endpoint as the balancer sees it.
+#[derive(Debug)]
+pub struct Backend {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    in_flight: AtomicU64,
+}
+
+impl Backend {
+    fn new(endpoint: Endpoint) -> Arc<Self> {
+        Arc::new(Self {
+            endpoint,
+            in_flight: AtomicU64::new(0),
+        })
+    }
+
+    /// Requests open on this endpoint now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request until the guard drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// An open request on a backend.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every cluster's backends.
+#[derive(Debug, Default)]
+pub struct Balancers {
+    clusters: HashMap<String, Vec<Arc<Backend>>>,
+}
+
+fn random() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+impl Balancers {
+    /// The balancers for `sets`, reusing `previous` backends of endpoints that stay
+    /// unchanged.
+    pub fn rebuild(previous: &Balancers, sets: &Endpoints) -> Self {
+        let mut clusters = HashMap::new();
+        for (cluster, set) in sets {
+            let old: BTreeMap<&str, &Arc<Backend>> = previous
+                .clusters
+                .get(cluster)
+                .map(|backends| {
+                    backends
+                        .iter()
+                        .map(|backend| (backend.endpoint.id.as_str(), backend))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let backends = set
+                .endpoints
+                .iter()
+                .map(|endpoint| match old.get(endpoint.id.as_str()) {
+                    Some(backend) if backend.endpoint == *endpoint => Arc::clone(backend),
+                    _ => Backend::new(endpoint.clone()),
+                })
+                .collect();
+            clusters.insert(cluster.clone(), backends);
+        }
+        Self { clusters }
+    }
+
+    /// Picks a healthy backend of `cluster` not in `tried`: the less loaded of two
+    /// random candidates (by in-flight requests per unit of weight).
+    pub fn pick(&self, cluster: &str, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        let candidates: Vec<&Arc<Backend>> = self
+            .clusters
+            .get(cluster)?
+            .iter()
+            .filter(|backend| backend.endpoint.healthy && backend.endpoint.weight > 0)
+            .filter(|backend| !tried.iter().any(|t| Arc::ptr_eq(t, backend)))
+            .collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(Arc::clone(candidates[0])),
+            n => {
+                let r = random();
+                let first = (r % n as u64) as usize;
+                let mut second = ((r >> 32) % (n as u64 - 1)) as usize;
+                if second >= first {
+                    second += 1;
+                }
+                let load = |backend: &Backend| {
+                    (backend.in_flight() + 1) as f64 / f64::from(backend.endpoint.weight)
+                };
+                let (a, b) = (candidates[first], candidates[second]);
+                Some(Arc::clone(if load(b) < load(a) { b } else { a }))
+            }
+        }
+    }
+
+    /// How many endpoints `cluster` has (healthy or not).
+    pub fn size(&self, cluster: &str) -> usize {
+        self.clusters.get(cluster).map_or(0, Vec::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::EndpointSet;
+
+    fn endpoint(id: &str, weight: u32, healthy: bool) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            address: format!("127.0.0.1:{}", 1000 + id.len()),
+            weight,
+            subset: String::new(),
+            version: String::new(),
+            healthy,
+        }
+    }
+
+    fn sets(endpoints: Vec<Endpoint>) -> Endpoints {
+        BTreeMap::from([(
+            "svc".to_owned(),
+            EndpointSet {
+                endpoints,
+                revision: 1,
+            },
+        )])
+    }
+
+    #[test]
+    fn picks_skip_unhealthy_tried_and_weightless_endpoints() {
+        let balancers = Balancers::rebuild(
+            &Balancers::default(),
+            &sets(vec![
+                endpoint("a", 100, true),
+                endpoint("b", 100, false),
+                endpoint("c", 0, true),
+                endpoint("d", 100, true),
+            ]),
+        );
+        let mut tried = Vec::new();
+        for _ in 0..2 {
+            let backend = balancers.pick("svc", &tried).unwrap();
+            assert!(["a", "d"].contains(&backend.endpoint.id.as_str()));
+            tried.push(backend);
+        }
+        assert!(balancers.pick("svc", &tried).is_none());
+        assert!(balancers.pick("nope", &[]).is_none());
+    }
+
+    #[test]
+    fn the_less_loaded_endpoint_wins() {
+        let balancers = Balancers::rebuild(
+            &Balancers::default(),
+            &sets(vec![endpoint("a", 100, true), endpoint("b", 100, true)]),
+        );
+        let busy = balancers.pick("svc", &[]).unwrap();
+        let _guards: Vec<InFlight> = (0..10).map(|_| busy.start()).collect();
+        for _ in 0..50 {
+            let picked = balancers.pick("svc", &[]).unwrap();
+            assert_ne!(picked.endpoint.id, busy.endpoint.id);
+        }
+    }
+
+    #[test]
+    fn rebuilding_keeps_the_counts_of_endpoints_that_stay() {
+        let first =
+            Balancers::rebuild(&Balancers::default(), &sets(vec![endpoint("a", 100, true)]));
+        let a = first.pick("svc", &[]).unwrap();
+        let _open = a.start();
+        let second = Balancers::rebuild(
+            &first,
+            &sets(vec![endpoint("a", 100, true), endpoint("bb", 100, true)]),
+        );
+        let again = second.clusters["svc"]
+            .iter()
+            .find(|b| b.endpoint.id == "a")
+            .unwrap();
+        assert_eq!(again.in_flight(), 1);
+        assert_eq!(second.size("svc"), 2);
+    }
+}

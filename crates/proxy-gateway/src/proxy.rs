@@ -1,0 +1,653 @@
+//! The data plane: accepts HTTP/1.1 and h2c, routes each request to a cluster, picks an
+//! endpoint, forwards, and retries where that is safe.
+//!
+//! - Upstream connections are pooled by hyper-util's client: gRPC goes over HTTP/2
+//!   (multiplexed, one connection per endpoint), everything else over HTTP/1.1
+//!   keep-alive.
+//! - Retries happen on another endpoint, within a retry budget (20 % of requests plus
+//!   10 per second, over 10 s): a request that never reached an upstream (connect
+//!   error) is always retried; one that may have reached it only when its method is
+//!   idempotent (the proto's `idempotency_level`, or GET/HEAD/OPTIONS/PUT/DELETE). Only
+//!   requests whose body is known and small are buffered for that; client-streaming
+//!   calls stream through untouched.
+//! - Deadlines: the route's timeout, shortened by a `grpc-timeout` header.
+//! - Hop-by-hop headers are dropped; `x-forwarded-for`, `-proto` and `-host` are set.
+//! - `grpc.health.v1.Health` is answered by the gateway itself.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::retry::budget::{Budget as _, TpsBudget};
+
+use crate::balance::{Backend, Balancers};
+use crate::route::{RequestFacts, RouteTable};
+
+/// A response or request body of the proxy.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest request body buffered so that it can be retried.
+pub const RETRY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// What the proxy knows about gRPC methods, from the descriptor set.
+#[derive(Debug, Default, Clone)]
+pub struct MethodCatalog {
+    /// `/package.Service/Method` paths whose requests are a single message.
+    unary: HashSet<String>,
+    /// Paths marked `NO_SIDE_EFFECTS` or `IDEMPOTENT`.
+    idempotent: HashSet<String>,
+}
+
+impl MethodCatalog {
+    /// Reads every service of an encoded `FileDescriptorSet`.
+    pub fn from_descriptor_set(bytes: &[u8]) -> Self {
+        use prost::Message as _;
+        use prost_types::method_options::IdempotencyLevel;
+        let mut catalog = Self::default();
+        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else {
+            return catalog;
+        };
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    if !method.client_streaming() {
+                        catalog.unary.insert(path.clone());
+                    }
+                    let level = method
+                        .options
+                        .as_ref()
+                        .map(prost_types::MethodOptions::idempotency_level);
+                    if matches!(
+                        level,
+                        Some(IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent)
+                    ) {
+                        catalog.idempotent.insert(path);
+                    }
+                }
+            }
+        }
+        catalog
+    }
+}
+
+/// The data plane's shared state.
+pub struct Proxy {
+    routes: RouteTable,
+    balancers: watch::Receiver<Arc<Balancers>>,
+    h2: Client<HttpConnector, Body>,
+    h1: Client<HttpConnector, Body>,
+    catalog: MethodCatalog,
+    budget: TpsBudget,
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A trailers-only gRPC error.
+fn grpc_error(code: tonic::Code, message: &str) -> Response<Body> {
+    let mut response = Response::new(empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    if let Ok(message) = HeaderValue::from_str(message) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+fn http_error(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// `grpc-timeout` (`<digits><unit>`, RFC: at most 8 digits).
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // `te: trailers` is what gRPC needs end to end; any other `te` is hop-by-hop.
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// The request body: buffered (retryable) or streamed.
+enum Prepared {
+    Buffered(Bytes, Option<HeaderMap>),
+    Streamed(Body),
+}
+
+impl Prepared {
+    fn body(&mut self) -> Option<Body> {
+        match self {
+            Prepared::Buffered(data, trailers) => {
+                let data = data.clone();
+                let trailers = trailers.clone();
+                let frames = [Ok::<_, BoxError>(hyper::body::Frame::data(data))]
+                    .into_iter()
+                    .chain(trailers.map(|t| Ok(hyper::body::Frame::trailers(t))));
+                Some(http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync())
+            }
+            Prepared::Streamed(_) => {
+                match std::mem::replace(self, Prepared::Buffered(Bytes::new(), None)) {
+                    Prepared::Streamed(body) => Some(body),
+                    Prepared::Buffered(..) => None,
+                }
+            }
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Prepared::Buffered(..))
+    }
+}
+
+async fn buffer(mut body: Incoming) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
+    let mut data = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > RETRY_BUFFER_BYTES {
+                    return Err("request body larger than the retry buffer".into());
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return Ok((data.freeze(), Some(trailers)));
+                }
+            }
+        }
+    }
+    Ok((data.freeze(), None))
+}
+
+impl Proxy {
+    /// A proxy routing with `routes` over the endpoints in `balancers`.
+    pub fn new(
+        routes: RouteTable,
+        balancers: watch::Receiver<Arc<Balancers>>,
+        catalog: MethodCatalog,
+        health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_adaptive_window(true)
+            .build(connector.clone());
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            routes,
+            balancers,
+            h2,
+            h1,
+            catalog,
+            budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+            health,
+        }
+    }
+
+    /// Handles one downstream request.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
+        let grpc = is_grpc(request.headers());
+        let path = request.uri().path().to_owned();
+        if grpc && path.starts_with("/grpc.health.v1.Health/") {
+            use tower::ServiceExt as _;
+            return match self.health.clone().oneshot(request).await {
+                Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
+                Err(never) => match never {},
+            };
+        }
+        let fail = |code: tonic::Code, status: StatusCode, message: &str| {
+            if grpc {
+                grpc_error(code, message)
+            } else {
+                http_error(status, message)
+            }
+        };
+        let route = {
+            let headers = request.headers();
+            let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            self.routes
+                .select(RequestFacts {
+                    method: request.method().as_str(),
+                    grpc,
+                    path: &path,
+                    header: &lookup,
+                })
+                .cloned()
+        };
+        let Some(route) = route else {
+            return fail(
+                tonic::Code::Unimplemented,
+                StatusCode::NOT_FOUND,
+                "no route",
+            );
+        };
+        let deadline = grpc_timeout(request.headers())
+            .map_or(route.timeout, |timeout| timeout.min(route.timeout));
+        let idempotent = route.retry.idempotent
+            && if grpc {
+                self.catalog.idempotent.contains(&path)
+            } else {
+                matches!(
+                    *request.method(),
+                    Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+                )
+            };
+        let small = if grpc {
+            self.catalog.unary.contains(&path)
+        } else {
+            request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|length| length <= RETRY_BUFFER_BYTES)
+                || *request.method() == Method::GET
+                || *request.method() == Method::HEAD
+        };
+        let (mut parts, body) = request.into_parts();
+        let mut prepared = if small {
+            match buffer(body).await {
+                Ok((data, trailers)) => Prepared::Buffered(data, trailers),
+                Err(error) => {
+                    return fail(
+                        tonic::Code::InvalidArgument,
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request: {error}"),
+                    );
+                }
+            }
+        } else {
+            Prepared::Streamed(body.map_err(Into::into).boxed_unsync())
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        let forwarded_for = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(previous) => format!("{previous}, {}", remote.ip()),
+            None => remote.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            parts.headers.insert("x-forwarded-for", value);
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some(host) = parts.headers.get(header::HOST).cloned() {
+            parts.headers.insert("x-forwarded-host", host);
+        }
+        self.budget.deposit();
+
+        let attempt = async {
+            let mut tried: Vec<Arc<Backend>> = Vec::new();
+            loop {
+                let balancers = Arc::clone(&self.balancers.borrow());
+                let Some(backend) = balancers.pick(&route.cluster, &tried) else {
+                    let message = if tried.is_empty() {
+                        format!("no healthy endpoint for {}", route.cluster)
+                    } else {
+                        format!("every endpoint of {} failed", route.cluster)
+                    };
+                    return fail(
+                        tonic::Code::Unavailable,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &message,
+                    );
+                };
+                tried.push(Arc::clone(&backend));
+                let retries_left = (tried.len() as u32) <= route.retry.max_retries;
+                let Some(body) = prepared.body() else {
+                    return fail(
+                        tonic::Code::Unavailable,
+                        StatusCode::BAD_GATEWAY,
+                        "the request body was already sent",
+                    );
+                };
+                let mut upstream = Request::from_parts(parts.clone(), body);
+                let target = format!(
+                    "http://{}{}",
+                    backend.endpoint.address,
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                );
+                match target.parse::<Uri>() {
+                    Ok(uri) => *upstream.uri_mut() = uri,
+                    Err(_) => {
+                        return fail(
+                            tonic::Code::Internal,
+                            StatusCode::BAD_GATEWAY,
+                            "bad upstream address",
+                        );
+                    }
+                }
+                *upstream.version_mut() = if grpc {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                };
+                let guard = backend.start();
+                let sent = if grpc {
+                    self.h2.request(upstream)
+                } else {
+                    self.h1.request(upstream)
+                };
+                let replayable = prepared.replayable();
+                let can_retry = |reached: bool| {
+                    retries_left && replayable && (!reached || idempotent) && self.budget.withdraw()
+                };
+                match sent.await {
+                    Ok(mut response) => {
+                        let unavailable = grpc
+                            && response
+                                .headers()
+                                .get("grpc-status")
+                                .is_some_and(|status| status.as_bytes() == b"14");
+                        let overloaded = !grpc
+                            && matches!(
+                                response.status(),
+                                StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                            );
+                        if (unavailable || overloaded) && can_retry(true) {
+                            continue;
+                        }
+                        strip_hop_by_hop(response.headers_mut());
+                        return response.map(|body| {
+                            Tracked {
+                                inner: body,
+                                _guard: guard,
+                            }
+                            .map_err(Into::into)
+                            .boxed_unsync()
+                        });
+                    }
+                    Err(error) => {
+                        let reached = !error.is_connect();
+                        tracing::debug!(%error, endpoint = %backend.endpoint.id, reached, "upstream try failed");
+                        if can_retry(reached) {
+                            continue;
+                        }
+                        return fail(
+                            tonic::Code::Unavailable,
+                            StatusCode::BAD_GATEWAY,
+                            &format!("upstream {} failed", backend.endpoint.id),
+                        );
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(response) => response,
+            Err(_) => fail(
+                tonic::Code::DeadlineExceeded,
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline exceeded before the upstream answered",
+            ),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its backend's in-flight count until it is done.
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        _guard: crate::balance::InFlight,
+    }
+}
+
+impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Accepts on `listener` until `shutdown` resolves, then lets open connections finish
+/// for at most `drain`.
+///
+/// # Errors
+/// Never for a failed connection (it is logged); only when accepting fails for good.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .adaptive_window(true)
+        .max_concurrent_streams(1024);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let proxy = Arc::clone(&proxy);
+                let service = hyper::service::service_fn(move |request| {
+                    let proxy = Arc::clone(&proxy);
+                    async move { Ok::<_, Infallible>(proxy.handle(request, remote).await) }
+                });
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %remote, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain, "connections still open after the drain timeout");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_refuse_nonsense() {
+        let mut headers = HeaderMap::new();
+        for (value, expected) in [
+            ("100m", Some(Duration::from_millis(100))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5u", Some(Duration::from_micros(5))),
+            ("123456789m", None),
+            ("m", None),
+            ("10x", None),
+            ("-1m", None),
+        ] {
+            headers.insert("grpc-timeout", HeaderValue::from_static(value));
+            assert_eq!(grpc_timeout(&headers), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_te_trailers_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-kept"]);
+        headers.insert("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get("te").is_none());
+    }
+
+    #[test]
+    fn the_catalog_reads_idempotency_from_our_protos() {
+        let catalog = MethodCatalog::from_descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET);
+        assert!(
+            catalog
+                .idempotent
+                .contains("/omnimesh.engine.v1.Engine/Echo")
+        );
+        assert!(
+            catalog
+                .idempotent
+                .contains("/omnimesh.engine.v1.Engine/Decrypt")
+        );
+        assert!(
+            !catalog
+                .idempotent
+                .contains("/omnimesh.engine.v1.Engine/CreateKey")
+        );
+        assert!(catalog.unary.contains("/omnimesh.engine.v1.Engine/Encrypt"));
+        assert!(
+            !catalog
+                .unary
+                .contains("/omnimesh.engine.v1.Engine/EncryptStream")
+        );
+        assert!(
+            catalog
+                .unary
+                .contains("/omnimesh.controller.v1.Registry/Watch")
+        );
+    }
+}

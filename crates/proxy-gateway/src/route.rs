@@ -1,0 +1,264 @@
+//! The route table: which cluster a request goes to, with what timeout and retries.
+//! Pure: a request's method, host, path and headers in, a route out.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How a route matches the path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PathMatch {
+    /// The path starts with this.
+    Prefix(String),
+    /// The path is exactly this.
+    Exact(String),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path == exact,
+        }
+    }
+}
+
+/// When a failed try is tried again on another endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Tries after the first.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// Retry idempotent methods on any connection failure or `UNAVAILABLE`; other
+    /// methods only when the request never reached the upstream.
+    #[serde(default = "default_true")]
+    pub idempotent: bool,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: default_retries(),
+            idempotent: true,
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The path match.
+    #[serde(rename = "match")]
+    pub path: PathMatch,
+    /// Only this method (any when absent).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only requests whose headers have these values (A/B routing).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// Only gRPC requests (`true`) or only other requests (`false`); both when absent.
+    #[serde(default)]
+    pub grpc: Option<bool>,
+    /// The cluster (a registry service name or a static cluster).
+    pub cluster: String,
+    /// The whole request, all tries included.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Route {
+    /// A prefix route to `cluster` with the defaults.
+    pub fn prefix(prefix: &str, cluster: &str) -> Self {
+        Self {
+            path: PathMatch::Prefix(prefix.to_owned()),
+            method: None,
+            headers: Vec::new(),
+            grpc: None,
+            cluster: cluster.to_owned(),
+            timeout: default_timeout(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// What a route is matched on.
+#[derive(Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// `GET`, `POST`, …
+    pub method: &'a str,
+    /// Whether it is a gRPC call (`content-type: application/grpc…`).
+    pub grpc: bool,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// Looks a header up by (lower-case) name.
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+}
+
+impl std::fmt::Debug for RequestFacts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestFacts")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routes, first match wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTable {
+    /// In order.
+    pub routes: Vec<Route>,
+}
+
+impl Default for RouteTable {
+    /// The platform: engine and controller APIs to their services, the rest (the
+    /// terminal page, `/ws`) to omniterm-interface.
+    fn default() -> Self {
+        Self {
+            routes: vec![
+                Route::prefix("/omnimesh.engine.v1.", "core-engine"),
+                Route::prefix("/omnimesh.controller.v1.", "mesh-controller"),
+                Route::prefix("/omnimesh.terminal.v1.", "omniterm-interface"),
+                // The terminal page and `/ws`; a gRPC call no route names is UNIMPLEMENTED.
+                Route {
+                    grpc: Some(false),
+                    ..Route::prefix("/", "omniterm-interface")
+                },
+            ],
+        }
+    }
+}
+
+impl RouteTable {
+    /// The first route that matches.
+    pub fn select(&self, request: RequestFacts<'_>) -> Option<&Route> {
+        self.routes.iter().find(|route| {
+            route.path.matches(request.path)
+                && route.grpc.is_none_or(|grpc| grpc == request.grpc)
+                && route
+                    .method
+                    .as_ref()
+                    .is_none_or(|method| method.eq_ignore_ascii_case(request.method))
+                && route
+                    .headers
+                    .iter()
+                    .all(|(name, value)| (request.header)(name) == Some(value.as_str()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn select<'t>(
+        table: &'t RouteTable,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<&'t str> {
+        let grpc = method == "POST" && path.contains('/') && path[1..].contains('/');
+        let owned: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = |name: &str| {
+            owned
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        table
+            .select(RequestFacts {
+                method,
+                grpc,
+                path,
+                header: &lookup,
+            })
+            .map(|route| route.cluster.as_str())
+    }
+
+    #[test]
+    fn the_default_table_serves_the_platform() {
+        let table = RouteTable::default();
+        assert_eq!(
+            select(&table, "POST", "/omnimesh.engine.v1.Engine/Encrypt", &[]),
+            Some("core-engine")
+        );
+        assert_eq!(
+            select(
+                &table,
+                "POST",
+                "/omnimesh.controller.v1.Registry/Watch",
+                &[]
+            ),
+            Some("mesh-controller")
+        );
+        assert_eq!(select(&table, "GET", "/", &[]), Some("omniterm-interface"));
+        assert_eq!(
+            select(&table, "GET", "/ws", &[]),
+            Some("omniterm-interface")
+        );
+        // A look-alike prefix does not match the engine; unknown gRPC goes nowhere.
+        assert_eq!(
+            select(&table, "POST", "/omnimesh.engine.v10.X/Y", &[]),
+            None
+        );
+        assert_eq!(
+            select(
+                &table,
+                "POST",
+                "/grpc.reflection.v1.ServerReflection/Info",
+                &[]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn methods_headers_and_exact_paths_narrow_a_route() {
+        let table = RouteTable {
+            routes: vec![
+                Route {
+                    headers: vec![("x-variant".into(), "b".into())],
+                    ..Route::prefix("/api", "api-b")
+                },
+                Route {
+                    method: Some("GET".into()),
+                    ..Route::prefix("/api", "api-read")
+                },
+                Route {
+                    path: PathMatch::Exact("/api".into()),
+                    ..Route::prefix("", "api-root")
+                },
+            ],
+        };
+        assert_eq!(
+            select(&table, "POST", "/api/x", &[("x-variant", "b")]),
+            Some("api-b")
+        );
+        assert_eq!(
+            select(&table, "get", "/api/x", &[("x-variant", "a")]),
+            Some("api-read")
+        );
+        assert_eq!(select(&table, "POST", "/api", &[]), Some("api-root"));
+        assert_eq!(select(&table, "POST", "/api/x", &[]), None);
+    }
+}
