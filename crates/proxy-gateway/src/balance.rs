@@ -8,9 +8,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::upstream::{Endpoint, Endpoints};
+
+/// First ejection of an endpoint that refused a connection; doubled at each ejection
+/// in a row, up to [`MAX_EJECTION`].
+pub const BASE_EJECTION: Duration = Duration::from_secs(1);
+/// Longest ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(30);
 
 /// One endpoint as the balancer sees it.
 #[derive(Debug)]
@@ -18,6 +25,16 @@ pub struct Backend {
     /// The endpoint.
     pub endpoint: Endpoint,
     in_flight: AtomicU64,
+    /// Not picked before this instant (ms since `EPOCH`), unless every endpoint is.
+    ejected_until: AtomicU64,
+    /// Ejections in a row without a success in between.
+    ejections: AtomicU32,
+}
+
+/// The clock of ejections.
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Backend {
@@ -25,7 +42,31 @@ impl Backend {
         Arc::new(Self {
             endpoint,
             in_flight: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
         })
+    }
+
+    /// Whether the endpoint is ejected now.
+    pub fn ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// The endpoint could not be reached: eject it, for twice as long as last time.
+    pub fn unreachable(&self) {
+        let ejections = self.ejections.fetch_add(1, Ordering::Relaxed).min(10);
+        let period = BASE_EJECTION
+            .saturating_mul(1 << ejections)
+            .min(MAX_EJECTION);
+        let until = now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        self.ejected_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// The endpoint answered: it is back in full.
+    pub fn answered(&self) {
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Requests open on this endpoint now.
@@ -91,16 +132,27 @@ impl Balancers {
         Self { clusters }
     }
 
-    /// Picks a healthy backend of `cluster` not in `tried`: the less loaded of two
-    /// random candidates (by in-flight requests per unit of weight).
+    /// Picks a healthy backend of `cluster` not in `tried`, avoiding ejected ones: the
+    /// less loaded of two random candidates (by in-flight requests per unit of weight).
     pub fn pick(&self, cluster: &str, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-        let candidates: Vec<&Arc<Backend>> = self
+        let usable: Vec<&Arc<Backend>> = self
             .clusters
             .get(cluster)?
             .iter()
             .filter(|backend| backend.endpoint.healthy && backend.endpoint.weight > 0)
             .filter(|backend| !tried.iter().any(|t| Arc::ptr_eq(t, backend)))
             .collect();
+        // Ejected endpoints only when nothing else is left (rather than failing outright).
+        let admitted: Vec<&Arc<Backend>> = usable
+            .iter()
+            .copied()
+            .filter(|backend| !backend.ejected())
+            .collect();
+        let candidates = if admitted.is_empty() {
+            usable
+        } else {
+            admitted
+        };
         match candidates.len() {
             0 => None,
             1 => Some(Arc::clone(candidates[0])),
@@ -185,6 +237,29 @@ mod tests {
             let picked = balancers.pick("svc", &[]).unwrap();
             assert_ne!(picked.endpoint.id, busy.endpoint.id);
         }
+    }
+
+    #[test]
+    fn unreachable_endpoints_are_avoided_until_nothing_else_is_left() {
+        let balancers = Balancers::rebuild(
+            &Balancers::default(),
+            &sets(vec![endpoint("a", 100, true), endpoint("bb", 100, true)]),
+        );
+        let first = balancers.pick("svc", &[]).unwrap();
+        first.unreachable();
+        assert!(first.ejected());
+        for _ in 0..20 {
+            assert_ne!(
+                balancers.pick("svc", &[]).unwrap().endpoint.id,
+                first.endpoint.id
+            );
+        }
+        let other = balancers.pick("svc", &[]).unwrap();
+        other.unreachable();
+        // Both ejected: still answer rather than fail.
+        assert!(balancers.pick("svc", &[]).is_some());
+        other.answered();
+        assert_eq!(other.ejections.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   idempotent (the proto's `idempotency_level`, or GET/HEAD/OPTIONS/PUT/DELETE). Only
 //!   requests whose body is known and small are buffered for that; client-streaming
 //!   calls stream through untouched.
+//! - An endpoint that refuses connections is ejected (1 s, doubling while it keeps
+//!   refusing, up to 30 s) and picked again only if nothing else is left.
 //! - Deadlines: the route's timeout, shortened by a `grpc-timeout` header.
 //! - Hop-by-hop headers are dropped; `x-forwarded-for`, `-proto` and `-host` are set.
 //! - `grpc.health.v1.Health` is answered by the gateway itself.
@@ -440,6 +442,7 @@ impl Proxy {
                 };
                 match sent.await {
                     Ok(mut response) => {
+                        backend.answered();
                         let unavailable = grpc
                             && response
                                 .headers()
@@ -465,6 +468,9 @@ impl Proxy {
                     }
                     Err(error) => {
                         let reached = !error.is_connect();
+                        if !reached {
+                            backend.unreachable();
+                        }
                         tracing::debug!(%error, endpoint = %backend.endpoint.id, reached, "upstream try failed");
                         if can_retry(reached) {
                             continue;

@@ -1,3 +1,4 @@
 //! proxy-gateway integration tests: the real server in-process on 127.0.0.1:0.
 
+mod proxy;
 mod serving;

@@ -1,0 +1,254 @@
+//! The data plane against real tonic upstreams on 127.0.0.1:0: gRPC through the gateway,
+//! balancing over replicas, a replica killed during a load loop without a failed
+//! request, deadlines, and the errors for what cannot be routed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use omnimesh_proto::engine::v1 as pb;
+use omnimesh_proto::engine::v1::engine_client::EngineClient;
+use omnimesh_proto::engine::v1::engine_server::{Engine, EngineServer};
+use omnimesh_test_support::TestServer;
+use proxy_gateway::route::{Route, RouteTable};
+use proxy_gateway::{App, Config, Listeners};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+
+/// An upstream that answers Echo with its own name in the `x-upstream` header, and
+/// sleeps first when asked to be slow.
+#[derive(Debug, Clone)]
+struct Upstream(&'static str);
+
+#[tonic::async_trait]
+impl Engine for Upstream {
+    async fn echo(
+        &self,
+        request: Request<pb::EchoRequest>,
+    ) -> Result<Response<pb::EchoResponse>, Status> {
+        let payload = request.into_inner().payload;
+        if payload == b"slow" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let mut response = Response::new(pb::EchoResponse { payload });
+        response
+            .metadata_mut()
+            .insert("x-upstream", self.0.parse().unwrap());
+        Ok(response)
+    }
+}
+
+/// A running upstream on a runtime of its own; dropping (or `kill`ing) it drops that
+/// runtime with every connection task, like a crashed process.
+struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn kill(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn upstream(name: &'static str) -> (SocketAddr, Running) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let serve = tonic::transport::Server::builder()
+                .add_service(EngineServer::new(Upstream(name)))
+                .serve_with_incoming(TcpListenerStream::new(listener));
+            tokio::select! {
+                _ = serve => {}
+                _ = stopped => {}
+            }
+        });
+        // Dropping the runtime here drops every connection task: sockets close at once.
+    });
+    (
+        address,
+        Running {
+            stop: Some(stop),
+            thread: Some(thread),
+        },
+    )
+}
+
+async fn gateway(
+    clusters: BTreeMap<String, Vec<String>>,
+    routes: Option<Vec<Route>>,
+) -> TestServer {
+    let mut config = Config::for_test();
+    config.upstreams.clusters = clusters;
+    config.routes = routes;
+    let app = App::build(config).await.unwrap();
+    let admin = omnimesh_test_support::bind().await;
+    TestServer::start(|http, shutdown| app.serve(Listeners { http, admin }, shutdown)).await
+}
+
+async fn echo(
+    client: &mut EngineClient<tonic::transport::Channel>,
+    payload: &[u8],
+) -> Result<String, Status> {
+    let response = client
+        .echo(pb::EchoRequest {
+            payload: payload.to_vec(),
+        })
+        .await?;
+    assert_eq!(response.get_ref().payload, payload);
+    Ok(response
+        .metadata()
+        .get("x-upstream")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_goes_through_to_every_replica_and_survives_a_killed_one() {
+    let mut upstreams = Vec::new();
+    for name in ["a", "b", "c"] {
+        upstreams.push(upstream(name));
+    }
+    let addresses = upstreams
+        .iter()
+        .map(|(address, _)| address.to_string())
+        .collect();
+    let server = gateway(
+        BTreeMap::from([("core-engine".to_owned(), addresses)]),
+        None,
+    )
+    .await;
+    let mut client = EngineClient::new(server.channel().await);
+
+    let mut seen = BTreeMap::new();
+    for _ in 0..60 {
+        *seen
+            .entry(echo(&mut client, b"hi").await.unwrap())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "every replica answers: {seen:?}");
+
+    // 10,000 calls from 8 workers; one replica is killed a third of the way in.
+    let (done, failed) = (
+        Arc::new(watch::Sender::new(0u64)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (mut client, done, failed, errors) = (
+            client.clone(),
+            Arc::clone(&done),
+            Arc::clone(&failed),
+            Arc::clone(&errors),
+        );
+        workers.spawn(async move {
+            for _ in 0..1250 {
+                match echo(&mut client, b"load").await {
+                    Ok(_) => done.send_modify(|done| *done += 1),
+                    Err(status) => {
+                        errors.lock().unwrap().push(status.to_string());
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    done.subscribe()
+        .wait_for(|done| *done >= 3300)
+        .await
+        .unwrap();
+    let (_, killed) = upstreams.remove(1);
+    tokio::task::spawn_blocking(move || killed.kill())
+        .await
+        .unwrap();
+    workers.join_all().await;
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{errors:?}");
+    assert_eq!(*done.borrow(), 10_000);
+    // Afterwards only the survivors answer.
+    for _ in 0..20 {
+        assert_ne!(echo(&mut client, b"after").await.unwrap(), "b");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn deadlines_routes_and_empty_clusters_have_clear_answers() {
+    let (address, _upstream) = upstream("a");
+    let mut routes = RouteTable::default().routes;
+    routes[0].timeout = Duration::from_millis(200);
+    let server = gateway(
+        BTreeMap::from([
+            ("core-engine".to_owned(), vec![address.to_string()]),
+            // Nothing listens there.
+            ("mesh-controller".to_owned(), vec!["127.0.0.1:1".to_owned()]),
+        ]),
+        Some(routes),
+    )
+    .await;
+    let channel = server.channel().await;
+
+    // The route's timeout is the gateway's own deadline.
+    let request = Request::new(pb::EchoRequest {
+        payload: b"slow".to_vec(),
+    });
+    let started = std::time::Instant::now();
+    let status = EngineClient::new(channel.clone())
+        .echo(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A cluster whose only endpoint refuses connections: UNAVAILABLE, naming it.
+    let status =
+        omnimesh_proto::controller::v1::registry_client::RegistryClient::new(channel.clone())
+            .list_services(omnimesh_proto::controller::v1::ListServicesRequest {})
+            .await
+            .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    // A gRPC service no route names: UNIMPLEMENTED; the gateway's own health: SERVING.
+    let status =
+        omnimesh_proto::gateway::v1::gateway_admin_client::GatewayAdminClient::new(channel.clone())
+            .get_config(omnimesh_proto::gateway::v1::GetConfigRequest::default())
+            .await
+            .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    let health = omnimesh_test_support::grpc::health_status(channel, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    server.stop().await.unwrap();
+}
