@@ -160,7 +160,7 @@ pub async fn launch(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let local = &config.local_runtime;
-    let options = local.runtime_options(sources)?;
+    let mut options = local.runtime_options(sources)?;
     let io = |what: &'static str, path: std::path::PathBuf| {
         move |source| runtime::local::Error::Io { what, path, source }
     };
@@ -173,16 +173,45 @@ pub async fn launch(
     let listener = TcpListener::bind(address)
         .await
         .map_err(io("binding", std::path::PathBuf::from(address.to_string())))?;
+    // The gateway follows this controller's registry, wherever it listens.
+    options.env.push((
+        "OMNIMESH_PROXY_GATEWAY__UPSTREAMS__REGISTRY".to_owned(),
+        format!("http://{address}"),
+    ));
     let core = Core::open(config).await?;
-    let (store, registry) = (core.store.clone(), core.registry.clone());
+    let (store, registry_handle) = (core.store.clone(), core.registry.clone());
     let _ = writeln!(
         out,
         "mesh-controller serving on {address}; starting the platform (logs in {})",
         local.log_dir().display()
     );
-    let runtime = RuntimeHandle::start(options, store, registry, logs)
+    let runtime = RuntimeHandle::start(options, store, registry_handle.clone(), logs)
         .await
         .map_err(runtime::local::Error::from)?;
+    // The controller is an instance too: the gateway routes its API through the registry.
+    let heartbeat = {
+        let registry = registry_handle.clone();
+        let own = registry::model::Registration {
+            id: "mesh-controller-0".to_owned(),
+            service: SERVICE.to_owned(),
+            address: address.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            subset: "stable".to_owned(),
+            weight: 100,
+            health: registry::model::Health::Serving,
+            labels: std::collections::BTreeMap::from([("runtime".to_owned(), "local".to_owned())]),
+            ttl_ms: 0,
+        };
+        tokio::spawn(async move {
+            let mut beat = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                beat.tick().await;
+                if registry.heartbeat("mesh-controller-0").await.is_err() {
+                    let _ = registry.register(own.clone(), "local-runtime").await;
+                }
+            }
+        })
+    };
     let app = App::assemble(config, core, Some(runtime.clone()))?;
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.serve(listener, async move {
@@ -202,6 +231,10 @@ pub async fn launch(
     while let Ok(notice) = notices.try_recv() {
         let _ = writeln!(out, "{notice}");
     }
+    heartbeat.abort();
+    let _ = registry_handle
+        .deregister("mesh-controller-0", "local-runtime")
+        .await;
     let _ = stop_server.send(());
     if let Ok(served) = server.await {
         served?;

@@ -435,3 +435,88 @@ async fn a_crash_loop_is_a_state_and_hostile_requests_change_nothing() {
     assert_eq!(flaky.instances[0].restarts, 4);
     stop(launcher).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_engine_replica_fails_no_request_through_the_gateway() {
+    let mut launcher = Launcher::start("");
+    let rows = launcher.ready_table().await.unwrap();
+    let gateway = channel(&rows["proxy-gateway-0"].0.to_string());
+    let (_, old_pid) = rows["core-engine-0"];
+
+    // The gateway follows the registry: both replicas, and the controller's own API.
+    // (The gateway learns the controller's instance from its first Watch message.)
+    let services = omnimesh_test_support::eventually(
+        Duration::from_secs(30),
+        "the controller's API through the gateway",
+        || {
+            let mut client = RegistryClient::new(gateway.clone());
+            async move {
+                client
+                    .list_services(pb::ListServicesRequest {})
+                    .await
+                    .ok()
+                    .map(tonic::Response::into_inner)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        services
+            .services
+            .iter()
+            .any(|s| s.name == "core-engine" && s.instances.len() == 2)
+    );
+
+    let done = Arc::new(watch::Sender::new(0u64));
+    let failed = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let running = Arc::new(AtomicBool::new(true));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (gateway, done, failed, errors, running) = (
+            gateway.clone(),
+            Arc::clone(&done),
+            Arc::clone(&failed),
+            Arc::clone(&errors),
+            Arc::clone(&running),
+        );
+        workers.spawn(async move {
+            let mut client = EngineClient::new(gateway);
+            while running.load(Ordering::Relaxed) {
+                let call = client.echo(engine::EchoRequest {
+                    payload: b"ping".to_vec(),
+                });
+                match call.await {
+                    Ok(_) => done.send_modify(|done| *done += 1),
+                    Err(status) => {
+                        errors.lock().unwrap().push(format!("{status:?}"));
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    done.subscribe()
+        .wait_for(|done| *done >= 500)
+        .await
+        .unwrap();
+    kill(Pid::from_raw(old_pid), Signal::SIGKILL).unwrap();
+    launcher
+        .line_where("core-engine-0 back", |line| {
+            line.starts_with("core-engine-0 SERVING (pid ")
+        })
+        .await
+        .unwrap();
+    let after_restart = *done.borrow();
+    done.subscribe()
+        .wait_for(|done| *done >= after_restart + 500)
+        .await
+        .unwrap();
+    running.store(false, Ordering::Relaxed);
+    workers.join_all().await;
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{errors:?}");
+    assert!(*done.borrow() >= 1000);
+    stop(launcher).await;
+}

@@ -208,6 +208,7 @@ impl LocalRuntimeConfig {
             stop_timeout: self.stop_timeout,
             deregister_grace: self.deregister_grace,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            env: Vec::new(),
         })
     }
 }

@@ -126,6 +126,8 @@ pub struct RuntimeOptions {
     pub deregister_grace: Duration,
     /// The version recorded for instances.
     pub version: String,
+    /// Environment given to every instance (e.g. where the controller is).
+    pub env: Vec<(String, String)>,
 }
 
 /// Why a scale request was refused.
@@ -476,6 +478,7 @@ impl Manager {
                 )
             })
             .collect();
+        env.extend(self.options.env.iter().cloned());
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(file) = &self.options.config_file {
             env.push((
