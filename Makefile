@@ -9,7 +9,7 @@ VENV := .venv
 # timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all build release run test test-rust test-stock-client eval-nl bench-nl bench-engine bench-controller fuzz-nl fuzz-engine fmt fmt-check lint clean help
+.PHONY: all build release run test test-rust test-stock-client eval-nl bench-nl bench-engine bench-controller bench-gateway fuzz-nl fuzz-engine fmt fmt-check lint clean help
 
 all: build
 
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-nl            the interpreter's latency and model load against their budgets"
 	@echo "make bench-engine        core-engine against OpenSSL and numpy, same run, ratios"
 	@echo "make bench-controller    the event store on SQLite and PostgreSQL vs plain INSERT loops"
+	@echo "make bench-gateway       proxy-gateway against the real Envoy and nginx, same run, ratios"
 	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
 	@echo "make fuzz-engine         fuzz core-engine's ciphertext parsing and Analyze input"
 
@@ -80,6 +81,11 @@ bench-engine:
 # smoke run.
 bench-controller:
 	$(CARGO) bench -p mesh-controller --bench events
+
+# proxy-gateway (one worker thread) against Envoy and nginx through the shared script;
+# ends with its ratio line.
+bench-gateway:
+	bash bench/gateway/run.sh
 
 # Coverage-guided fuzzing of the interpreter (libFuzzer through cargo-fuzz, installed from
 # crates.io when missing), seeded with every labelled line. FUZZ_SECONDS bounds the run.

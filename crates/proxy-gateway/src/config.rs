@@ -29,6 +29,9 @@ pub struct Config {
     /// The route table; the platform's default table when absent.
     #[serde(default)]
     pub routes: Option<Vec<Route>>,
+    /// Threads serving traffic (0: one per core).
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 /// `[proxy-gateway.upstreams]`.

@@ -3,9 +3,20 @@ use anyhow::Context as _;
 use omnimesh_common::config::Sources;
 use proxy_gateway::{App, Config, Listeners};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config: Config = omnimesh_common::config::load_or_exit(&Sources::from_process());
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let _telemetry = omnimesh_telemetry::init("proxy-gateway", &config.telemetry)?;
     let listeners = Listeners::bind(&config.listen)
         .await
