@@ -5,8 +5,14 @@ use proxy_gateway::{App, Config, Listeners};
 
 fn main() -> anyhow::Result<()> {
     let config: Config = omnimesh_common::config::load_or_exit(&Sources::from_process());
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.worker_threads > 0 {
+    // One worker: a current-thread runtime (an event loop, as Envoy's worker is), which
+    // saves the cross-thread wake-ups of a one-worker multi-thread runtime.
+    let mut runtime = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.worker_threads > 1 {
         runtime.worker_threads(config.worker_threads);
     }
     runtime
