@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use omnimesh_common::auth::AuthConfig;
 use omnimesh_common::config::{Invalid, ServiceConfig};
 use omnimesh_common::server::ServerConfig;
 use omnimesh_telemetry::TelemetryConfig;
@@ -32,6 +33,10 @@ pub struct Config {
     /// Threads serving traffic (0: one per core).
     #[serde(default)]
     pub worker_threads: usize,
+    /// How tokens are checked on routes that require a role (the same keys as
+    /// mesh-controller's).
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// `[proxy-gateway.upstreams]`.
@@ -117,6 +122,9 @@ impl ServiceConfig for Config {
                 }
             }
         }
+        self.auth
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("auth.{key}"), reason))?;
         self.telemetry
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))
@@ -124,8 +132,9 @@ impl ServiceConfig for Config {
 }
 
 impl Config {
-    /// Defaults, both listeners on `127.0.0.1:0`, for tests.
-    pub fn for_test() -> Self {
+    /// Defaults, both listeners on `127.0.0.1:0`, no registry, the token key in `dir`,
+    /// for tests.
+    pub fn for_test(dir: &std::path::Path) -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             listen: Listen {
@@ -136,6 +145,7 @@ impl Config {
                 registry: String::new(),
                 clusters: BTreeMap::new(),
             },
+            auth: AuthConfig::for_test(dir),
             ..Self::default()
         }
     }

@@ -9,6 +9,9 @@ pub enum Error {
     /// The registry address is unusable.
     #[error("upstreams.registry: {0}")]
     Registry(String),
+    /// The token keys could not be loaded or created.
+    #[error("auth keys: {0}")]
+    Auth(String),
     /// The data plane's listener failed.
     #[error("data plane: {0}")]
     DataPlane(std::io::Error),

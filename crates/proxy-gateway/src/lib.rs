@@ -168,6 +168,10 @@ impl App {
             balancers,
             proxy::MethodCatalog::from_descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET),
             health_service,
+            Arc::new(
+                omnimesh_common::auth::Verifier::load(&config.auth)
+                    .map_err(|error| Error::Auth(error.to_string()))?,
+            ),
         ));
         let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
         let admin = GrpcServer::builder(SERVICE, &config.server)

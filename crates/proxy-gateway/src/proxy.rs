@@ -38,6 +38,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::retry::budget::{Budget as _, TpsBudget};
 
+use omnimesh_common::auth::{Role, Verifier};
+
 use crate::balance::{Backend, Balancers};
 use crate::route::{RequestFacts, RouteTable};
 
@@ -99,6 +101,7 @@ pub struct Proxy {
     catalog: MethodCatalog,
     budget: TpsBudget,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    verifier: Arc<Verifier>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -263,6 +266,7 @@ impl Proxy {
         balancers: watch::Receiver<Arc<Balancers>>,
         catalog: MethodCatalog,
         health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+        verifier: Arc<Verifier>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -282,6 +286,7 @@ impl Proxy {
             catalog,
             budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
             health,
+            verifier,
         }
     }
 
@@ -326,6 +331,19 @@ impl Proxy {
                 "no route",
             );
         };
+        if let Some(role) = route.auth
+            && let Err((code, status, message)) = self.authorize(request.headers(), role)
+        {
+            tracing::info!(
+                target: "audit",
+                decision = "denied",
+                path = %path,
+                client = %remote.ip(),
+                reason = %message,
+                "request refused"
+            );
+            return fail(code, status, &message);
+        }
         let deadline = grpc_timeout(request.headers())
             .map_or(route.timeout, |timeout| timeout.min(route.timeout));
         let idempotent = route.retry.idempotent
@@ -492,6 +510,47 @@ impl Proxy {
                 "deadline exceeded before the upstream answered",
             ),
         }
+    }
+}
+
+impl Proxy {
+    /// Checks the bearer token against the route's least role.
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        role: Role,
+    ) -> Result<(), (tonic::Code, StatusCode, String)> {
+        let unauthenticated = |message: String| {
+            (
+                tonic::Code::Unauthenticated,
+                StatusCode::UNAUTHORIZED,
+                message,
+            )
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthenticated(format!("this route needs a {} token", role.as_str())))?
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`".to_owned()))?;
+        let identity = self
+            .verifier
+            .verify(token.trim())
+            .map_err(|rejected| unauthenticated(rejected.0))?;
+        if identity.role < role {
+            return Err((
+                tonic::Code::PermissionDenied,
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} is a {}; this route needs {}",
+                    identity.subject,
+                    identity.role.as_str(),
+                    role.as_str()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -77,6 +77,10 @@ pub struct Route {
     /// Retries.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// The least role a caller's token must grant (`viewer`, `operator`, `admin`); no
+    /// token needed when absent.
+    #[serde(default)]
+    pub auth: Option<omnimesh_common::auth::Role>,
 }
 
 fn default_timeout() -> Duration {
@@ -94,6 +98,7 @@ impl Route {
             cluster: cluster.to_owned(),
             timeout: default_timeout(),
             retry: RetryPolicy::default(),
+            auth: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use omnimesh_common::auth::{AuthConfig, Issuer, Role};
 use omnimesh_proto::engine::v1 as pb;
 use omnimesh_proto::engine::v1::engine_client::EngineClient;
 use omnimesh_proto::engine::v1::engine_server::{Engine, EngineServer};
@@ -101,10 +102,11 @@ fn upstream(name: &'static str) -> (SocketAddr, Running) {
 }
 
 async fn gateway(
+    dir: &std::path::Path,
     clusters: BTreeMap<String, Vec<String>>,
     routes: Option<Vec<Route>>,
 ) -> TestServer {
-    let mut config = Config::for_test();
+    let mut config = Config::for_test(dir);
     config.upstreams.clusters = clusters;
     config.routes = routes;
     let app = App::build(config).await.unwrap();
@@ -140,7 +142,9 @@ async fn grpc_goes_through_to_every_replica_and_survives_a_killed_one() {
         .iter()
         .map(|(address, _)| address.to_string())
         .collect();
+    let dir = tempfile::tempdir().unwrap();
     let server = gateway(
+        dir.path(),
         BTreeMap::from([("core-engine".to_owned(), addresses)]),
         None,
     )
@@ -205,7 +209,9 @@ async fn deadlines_routes_and_empty_clusters_have_clear_answers() {
     let (address, _upstream) = upstream("a");
     let mut routes = RouteTable::default().routes;
     routes[0].timeout = Duration::from_millis(200);
+    let dir = tempfile::tempdir().unwrap();
     let server = gateway(
+        dir.path(),
         BTreeMap::from([
             ("core-engine".to_owned(), vec![address.to_string()]),
             // Nothing listens there.
@@ -250,5 +256,58 @@ async fn deadlines_routes_and_empty_clusters_have_clear_answers() {
         health,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn routes_that_need_a_role_check_the_token() {
+    let (address, _upstream) = upstream("a");
+    let dir = tempfile::tempdir().unwrap();
+    let mut routes = RouteTable::default().routes;
+    routes[0].auth = Some(Role::Operator);
+    let server = gateway(
+        dir.path(),
+        BTreeMap::from([("core-engine".to_owned(), vec![address.to_string()])]),
+        Some(routes),
+    )
+    .await;
+    let issuer = Issuer::load(&AuthConfig::for_test(dir.path())).unwrap();
+    let hour = Duration::from_secs(3600);
+    let channel = server.channel().await;
+    let call = |token: Option<String>| {
+        let channel = channel.clone();
+        async move {
+            let mut request = Request::new(pb::EchoRequest {
+                payload: b"x".to_vec(),
+            });
+            if let Some(token) = token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            }
+            EngineClient::new(channel).echo(request).await.map(|_| ())
+        }
+    };
+    assert_eq!(call(None).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        call(Some("garbage".into())).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let viewer = call(Some(issuer.issue("vera", Role::Viewer, hour)))
+        .await
+        .unwrap_err();
+    assert_eq!(viewer.code(), Code::PermissionDenied);
+    assert!(viewer.message().contains("vera is a viewer"), "{viewer:?}");
+    let forged = format!("{}x", issuer.issue("mallory", Role::Admin, hour));
+    assert_eq!(
+        call(Some(forged)).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    call(Some(issuer.issue("olga", Role::Operator, hour)))
+        .await
+        .unwrap();
+    call(Some(issuer.issue("ada", Role::Admin, hour)))
+        .await
+        .unwrap();
     server.stop().await.unwrap();
 }

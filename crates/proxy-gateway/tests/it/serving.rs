@@ -14,11 +14,13 @@ use tonic_health::pb::health_check_response::ServingStatus;
 struct Gateway {
     server: TestServer,
     admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
 }
 
 impl Gateway {
     async fn start() -> Self {
-        let app = App::build(Config::for_test()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::build(Config::for_test(dir.path())).await.unwrap();
         let admin_listener = omnimesh_test_support::bind().await;
         let admin = admin_listener.local_addr().unwrap();
         let server = TestServer::start(|http, shutdown| {
@@ -31,7 +33,11 @@ impl Gateway {
             )
         })
         .await;
-        Self { server, admin }
+        Self {
+            server,
+            admin,
+            _dir: dir,
+        }
     }
 
     async fn admin_channel(&self) -> Channel {
