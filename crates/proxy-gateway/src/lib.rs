@@ -12,6 +12,7 @@
 pub mod balance;
 mod config;
 mod error;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 mod transport;
@@ -163,6 +164,8 @@ impl App {
             .map_or_else(route::RouteTable::default, |routes| route::RouteTable {
                 routes,
             });
+        let mut metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
+        let gateway_metrics = metrics::GatewayMetrics::register(metrics.registry_mut());
         let proxy = Arc::new(proxy::Proxy::new(
             routes,
             balancers,
@@ -172,8 +175,8 @@ impl App {
                 omnimesh_common::auth::Verifier::load(&config.auth)
                     .map_err(|error| Error::Auth(error.to_string()))?,
             ),
+            gateway_metrics,
         ));
-        let metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
         let admin = GrpcServer::builder(SERVICE, &config.server)
             .add_service(GatewayAdminServer::new(transport::GatewayAdminService))
             .descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET)

@@ -41,6 +41,9 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 use omnimesh_common::auth::{Role, Verifier};
 
 use crate::balance::{Backend, Balancers};
+use crate::metrics::{
+    ClusterLabels, GatewayMetrics, Recorder, RequestLabels, RouteLabels, grpc_code_name,
+};
 use crate::route::{RequestFacts, RouteTable};
 
 /// A response or request body of the proxy.
@@ -102,6 +105,7 @@ pub struct Proxy {
     budget: TpsBudget,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     verifier: Arc<Verifier>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -267,6 +271,7 @@ impl Proxy {
         catalog: MethodCatalog,
         health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
         verifier: Arc<Verifier>,
+        metrics: Arc<GatewayMetrics>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -287,14 +292,55 @@ impl Proxy {
             budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
             health,
             verifier,
+            metrics,
         }
     }
 
-    /// Handles one downstream request.
+    /// Handles one downstream request, and records it in the metrics.
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         remote: SocketAddr,
+    ) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let grpc = is_grpc(request.headers());
+        let mut labels = RequestLabels {
+            route: "none".to_owned(),
+            cluster: "none".to_owned(),
+            status: 0,
+            grpc_status: "",
+        };
+        let response = Arc::clone(&self)
+            .route_request(request, remote, &mut labels)
+            .await;
+        labels.status = response.status().as_u16();
+        let trailers_only = response
+            .headers()
+            .get("grpc-status")
+            .map(|value| grpc_code_name(value.as_bytes()));
+        if grpc {
+            labels.grpc_status = trailers_only.unwrap_or("UNKNOWN");
+        }
+        let mut recorder = Recorder::new(Arc::clone(&self.metrics), labels, started);
+        if trailers_only.is_some() || hyper::body::Body::is_end_stream(response.body()) {
+            recorder.finish(None);
+            return response;
+        }
+        response.map(|body| {
+            Metered {
+                inner: body,
+                recorder,
+                grpc,
+            }
+            .boxed_unsync()
+        })
+    }
+
+    async fn route_request(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        remote: SocketAddr,
+        labels: &mut RequestLabels,
     ) -> Response<Body> {
         let grpc = is_grpc(request.headers());
         let path = request.uri().path().to_owned();
@@ -331,9 +377,17 @@ impl Proxy {
                 "no route",
             );
         };
+        labels.route = route.name().to_owned();
+        labels.cluster = route.cluster.clone();
         if let Some(role) = route.auth
             && let Err((code, status, message)) = self.authorize(request.headers(), role)
         {
+            self.metrics
+                .auth_denied
+                .get_or_create(&RouteLabels {
+                    route: route.name().to_owned(),
+                })
+                .inc();
             tracing::info!(
                 target: "audit",
                 decision = "denied",
@@ -455,8 +509,20 @@ impl Proxy {
                     self.h1.request(upstream)
                 };
                 let replayable = prepared.replayable();
+                let cluster = ClusterLabels {
+                    cluster: route.cluster.clone(),
+                };
                 let can_retry = |reached: bool| {
-                    retries_left && replayable && (!reached || idempotent) && self.budget.withdraw()
+                    if !(retries_left && replayable && (!reached || idempotent)) {
+                        return false;
+                    }
+                    if self.budget.withdraw() {
+                        self.metrics.retries.get_or_create(&cluster).inc();
+                        true
+                    } else {
+                        self.metrics.budget_exhausted.get_or_create(&cluster).inc();
+                        false
+                    }
                 };
                 match sent.await {
                     Ok(mut response) => {
@@ -487,6 +553,9 @@ impl Proxy {
                     Err(error) => {
                         let reached = !error.is_connect();
                         if !reached {
+                            if !backend.ejected() {
+                                self.metrics.ejections.get_or_create(&cluster).inc();
+                            }
                             backend.unreachable();
                         }
                         tracing::debug!(%error, endpoint = %backend.endpoint.id, reached, "upstream try failed");
@@ -555,6 +624,53 @@ impl Proxy {
 }
 
 pin_project_lite::pin_project! {
+    /// A response body that records its request in the metrics when it ends: the gRPC
+    /// status from its trailers, or `UNKNOWN` when a gRPC response ends without them.
+    struct Metered<B> {
+        #[pin]
+        inner: B,
+        recorder: Recorder,
+        grpc: bool,
+    }
+}
+
+impl<B: hyper::body::Body<Data = Bytes>> hyper::body::Body for Metered<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = std::task::ready!(this.inner.poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .map_or("UNKNOWN", |value| grpc_code_name(value.as_bytes()));
+                    this.recorder.finish(Some(code));
+                }
+            }
+            Some(Err(_)) => this
+                .recorder
+                .finish(Some(if *this.grpc { "UNKNOWN" } else { "" })),
+            None => this.recorder.finish(None),
+        }
+        std::task::Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
     /// A response body that keeps its backend's in-flight count until it is done.
     struct Tracked<B> {
         #[pin]
@@ -617,6 +733,8 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let connections = proxy.metrics.connections.clone();
+                connections.inc();
                 let proxy = Arc::clone(&proxy);
                 let service = hyper::service::service_fn(move |request| {
                     let proxy = Arc::clone(&proxy);
@@ -630,6 +748,7 @@ pub async fn serve(
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, %remote, "connection ended with an error");
                     }
+                    connections.dec();
                 });
             }
         }

@@ -88,6 +88,14 @@ fn default_timeout() -> Duration {
 }
 
 impl Route {
+    /// The route's name in metrics and logs: its path match.
+    pub fn name(&self) -> &str {
+        match &self.path {
+            PathMatch::Prefix(prefix) => prefix,
+            PathMatch::Exact(exact) => exact,
+        }
+    }
+
     /// A prefix route to `cluster` with the defaults.
     pub fn prefix(prefix: &str, cluster: &str) -> Self {
         Self {

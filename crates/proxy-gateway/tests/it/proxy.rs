@@ -105,13 +105,24 @@ async fn gateway(
     dir: &std::path::Path,
     clusters: BTreeMap<String, Vec<String>>,
     routes: Option<Vec<Route>>,
-) -> TestServer {
+) -> (TestServer, SocketAddr) {
     let mut config = Config::for_test(dir);
     config.upstreams.clusters = clusters;
     config.routes = routes;
     let app = App::build(config).await.unwrap();
     let admin = omnimesh_test_support::bind().await;
-    TestServer::start(|http, shutdown| app.serve(Listeners { http, admin }, shutdown)).await
+    let admin_address = admin.local_addr().unwrap();
+    let server =
+        TestServer::start(|http, shutdown| app.serve(Listeners { http, admin }, shutdown)).await;
+    (server, admin_address)
+}
+
+/// The gateway's `/metrics` text.
+async fn metrics(admin: SocketAddr) -> String {
+    omnimesh_test_support::http::get(admin, "/metrics")
+        .await
+        .unwrap()
+        .body
 }
 
 async fn echo(
@@ -143,7 +154,7 @@ async fn grpc_goes_through_to_every_replica_and_survives_a_killed_one() {
         .map(|(address, _)| address.to_string())
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let server = gateway(
+    let (server, admin) = gateway(
         dir.path(),
         BTreeMap::from([("core-engine".to_owned(), addresses)]),
         None,
@@ -201,6 +212,17 @@ async fn grpc_goes_through_to_every_replica_and_survives_a_killed_one() {
     for _ in 0..20 {
         assert_ne!(echo(&mut client, b"after").await.unwrap(), "b");
     }
+    let text = metrics(admin).await;
+    let ok = "omnimesh_proxy_gateway_gateway_requests_total{route=\"/omnimesh.engine.v1.\",cluster=\"core-engine\",status=\"200\",grpc_status=\"OK\"} 10080";
+    assert!(text.contains(ok), "{text}");
+    assert!(
+        text.contains("omnimesh_proxy_gateway_gateway_retries_total{cluster=\"core-engine\"}"),
+        "the kill caused retries: {text}"
+    );
+    assert!(
+        text.contains("omnimesh_proxy_gateway_gateway_ejections_total{cluster=\"core-engine\"} 1"),
+        "{text}"
+    );
     server.stop().await.unwrap();
 }
 
@@ -210,7 +232,7 @@ async fn deadlines_routes_and_empty_clusters_have_clear_answers() {
     let mut routes = RouteTable::default().routes;
     routes[0].timeout = Duration::from_millis(200);
     let dir = tempfile::tempdir().unwrap();
-    let server = gateway(
+    let (server, admin) = gateway(
         dir.path(),
         BTreeMap::from([
             ("core-engine".to_owned(), vec![address.to_string()]),
@@ -256,6 +278,14 @@ async fn deadlines_routes_and_empty_clusters_have_clear_answers() {
         health,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+    let text = metrics(admin).await;
+    for expected in [
+        "{route=\"/omnimesh.engine.v1.\",cluster=\"core-engine\",status=\"200\",grpc_status=\"DEADLINE_EXCEEDED\"} 1",
+        "{route=\"/omnimesh.controller.v1.\",cluster=\"mesh-controller\",status=\"200\",grpc_status=\"UNAVAILABLE\"} 1",
+        "{route=\"none\",cluster=\"none\",status=\"200\",grpc_status=\"UNIMPLEMENTED\"} 1",
+    ] {
+        assert!(text.contains(expected), "{expected} in\n{text}");
+    }
     server.stop().await.unwrap();
 }
 
@@ -265,7 +295,7 @@ async fn routes_that_need_a_role_check_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut routes = RouteTable::default().routes;
     routes[0].auth = Some(Role::Operator);
-    let server = gateway(
+    let (server, admin) = gateway(
         dir.path(),
         BTreeMap::from([("core-engine".to_owned(), vec![address.to_string()])]),
         Some(routes),
@@ -309,5 +339,21 @@ async fn routes_that_need_a_role_check_the_token() {
     call(Some(issuer.issue("ada", Role::Admin, hour)))
         .await
         .unwrap();
+    let text = metrics(admin).await;
+    assert!(
+        text.contains(
+            "omnimesh_proxy_gateway_gateway_auth_denied_total{route=\"/omnimesh.engine.v1.\"} 4"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("grpc_status=\"UNAUTHENTICATED\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("grpc_status=\"PERMISSION_DENIED\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("grpc_status=\"OK\"} 2"), "{text}");
     server.stop().await.unwrap();
 }
