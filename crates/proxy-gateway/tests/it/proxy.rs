@@ -219,10 +219,17 @@ async fn grpc_goes_through_to_every_replica_and_survives_a_killed_one() {
         text.contains("omnimesh_proxy_gateway_gateway_retries_total{cluster=\"core-engine\"}"),
         "the kill caused retries: {text}"
     );
-    assert!(
-        text.contains("omnimesh_proxy_gateway_gateway_ejections_total{cluster=\"core-engine\"} 1"),
-        "{text}"
-    );
+    // Ejected at least once (again each time its ejection ran out during the run).
+    let ejections: u64 = text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "omnimesh_proxy_gateway_gateway_ejections_total{cluster=\"core-engine\"} ",
+            )
+        })
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    assert!(ejections >= 1, "{text}");
     server.stop().await.unwrap();
 }
 
