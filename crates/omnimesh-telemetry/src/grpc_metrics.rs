@@ -260,8 +260,15 @@ impl<B: Body> Body for MeteredBody<B> {
 
 /// The name of the `grpc-status` in `headers`, if there is one.
 fn grpc_code(headers: &HeaderMap) -> Option<&'static str> {
-    let value = headers.get("grpc-status")?;
-    Some(match value.as_bytes() {
+    headers
+        .get("grpc-status")
+        .map(|value| grpc_code_name(value.as_bytes()))
+}
+
+/// The name of a `grpc-status` value, such as `OK` or `UNAVAILABLE` (`UNKNOWN` for
+/// anything that is not a status code).
+pub fn grpc_code_name(value: &[u8]) -> &'static str {
+    match value {
         b"0" => "OK",
         b"1" => "CANCELLED",
         b"2" => "UNKNOWN",
@@ -280,7 +287,7 @@ fn grpc_code(headers: &HeaderMap) -> Option<&'static str> {
         b"15" => "DATA_LOSS",
         b"16" => "UNAUTHENTICATED",
         _ => "UNKNOWN",
-    })
+    }
 }
 
 #[cfg(test)]

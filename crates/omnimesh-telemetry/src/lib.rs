@@ -19,7 +19,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
-pub use grpc_metrics::{GrpcMetrics, GrpcMetricsLayer, GrpcMetricsService};
+pub use grpc_metrics::{GrpcMetrics, GrpcMetricsLayer, GrpcMetricsService, grpc_code_name};
 pub use metrics::Metrics;
 
 /// How a service logs and traces; the `telemetry` section of each service's config.

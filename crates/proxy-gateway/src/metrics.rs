@@ -61,35 +61,7 @@ fn histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.5, 14))
 }
 
-/// gRPC status code names by number (0–16).
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
-/// The name of a `grpc-status` value (`UNKNOWN` for anything else).
-pub fn grpc_code_name(value: &[u8]) -> &'static str {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|value| value.parse::<usize>().ok())
-        .and_then(|code| GRPC_CODES.get(code).copied())
-        .unwrap_or("UNKNOWN")
-}
+pub use omnimesh_telemetry::grpc_code_name;
 
 impl GatewayMetrics {
     /// Registers every metric in `registry`.
