@@ -242,7 +242,9 @@ impl Prepared {
     }
 }
 
-async fn buffer(mut body: Incoming) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
+/// Reads a request body into memory for retries, up to [`RETRY_BUFFER_BYTES`]; a larger
+/// body is streamed on without retries: what was read so far, then the rest.
+async fn buffer(mut body: Incoming) -> Result<Prepared, BoxError> {
     let mut data = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
@@ -250,17 +252,24 @@ async fn buffer(mut body: Incoming) -> Result<(Bytes, Option<HeaderMap>), BoxErr
             Ok(chunk) => {
                 data.extend_from_slice(&chunk);
                 if data.len() > RETRY_BUFFER_BYTES {
-                    return Err("request body larger than the retry buffer".into());
+                    use futures::StreamExt as _;
+                    let head = futures::stream::once(std::future::ready(Ok::<_, BoxError>(
+                        hyper::body::Frame::data(data.freeze()),
+                    )));
+                    let rest = http_body_util::BodyStream::new(body.map_err(BoxError::from));
+                    return Ok(Prepared::Streamed(
+                        http_body_util::StreamBody::new(head.chain(rest)).boxed_unsync(),
+                    ));
                 }
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    return Ok((data.freeze(), Some(trailers)));
+                    return Ok(Prepared::Buffered(data.freeze(), Some(trailers)));
                 }
             }
         }
     }
-    Ok((data.freeze(), None))
+    Ok(Prepared::Buffered(data.freeze(), None))
 }
 
 impl Proxy {
@@ -424,7 +433,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         let mut prepared = if small {
             match buffer(body).await {
-                Ok((data, trailers)) => Prepared::Buffered(data, trailers),
+                Ok(prepared) => prepared,
                 Err(error) => {
                     return fail(
                         tonic::Code::InvalidArgument,

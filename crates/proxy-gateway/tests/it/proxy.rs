@@ -162,6 +162,10 @@ async fn grpc_goes_through_to_every_replica_and_survives_a_killed_one() {
     .await;
     let mut client = EngineClient::new(server.channel().await);
 
+    // A unary call larger than the retry buffer streams through (without retries).
+    let big = vec![7u8; 300 * 1024];
+    echo(&mut client, &big).await.unwrap();
+
     let mut seen = BTreeMap::new();
     for _ in 0..60 {
         *seen
@@ -213,7 +217,7 @@ async fn grpc_goes_through_to_every_replica_and_survives_a_killed_one() {
         assert_ne!(echo(&mut client, b"after").await.unwrap(), "b");
     }
     let text = metrics(admin).await;
-    let ok = "omnimesh_proxy_gateway_gateway_requests_total{route=\"/omnimesh.engine.v1.\",cluster=\"core-engine\",status=\"200\",grpc_status=\"OK\"} 10080";
+    let ok = "omnimesh_proxy_gateway_gateway_requests_total{route=\"/omnimesh.engine.v1.\",cluster=\"core-engine\",status=\"200\",grpc_status=\"OK\"} 10081";
     assert!(text.contains(ok), "{text}");
     assert!(
         text.contains("omnimesh_proxy_gateway_gateway_retries_total{cluster=\"core-engine\"}"),
