@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::route::Route;
 
 /// The `[proxy-gateway]` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the gateway listens.
@@ -33,10 +33,28 @@ pub struct Config {
     /// Threads serving traffic (0: one per core).
     #[serde(default)]
     pub worker_threads: usize,
+    /// Largest request body forwarded, in bytes.
+    #[serde(default = "default_max_request_body_bytes")]
+    pub max_request_body_bytes: usize,
     /// How tokens are checked on routes that require a role (the same keys as
     /// mesh-controller's).
     #[serde(default)]
     pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Listen::default(),
+            server: ServerConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            upstreams: Upstreams::default(),
+            routes: None,
+            worker_threads: 0,
+            max_request_body_bytes: default_max_request_body_bytes(),
+            auth: AuthConfig::default(),
+        }
+    }
 }
 
 /// `[proxy-gateway.upstreams]`.
@@ -59,6 +77,10 @@ impl Default for Upstreams {
             clusters: BTreeMap::new(),
         }
     }
+}
+
+fn default_max_request_body_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_registry() -> String {
@@ -121,6 +143,9 @@ impl ServiceConfig for Config {
                     ));
                 }
             }
+        }
+        if self.max_request_body_bytes == 0 {
+            return Err(Invalid::new("max_request_body_bytes", "must be at least 1"));
         }
         self.auth
             .validate()

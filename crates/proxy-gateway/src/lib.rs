@@ -176,6 +176,7 @@ impl App {
                     .map_err(|error| Error::Auth(error.to_string()))?,
             ),
             gateway_metrics,
+            config.max_request_body_bytes,
         ));
         let admin = GrpcServer::builder(SERVICE, &config.server)
             .add_service(GatewayAdminServer::new(transport::GatewayAdminService))

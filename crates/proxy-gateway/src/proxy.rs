@@ -13,6 +13,8 @@
 //! - An endpoint that refuses connections is ejected (1 s, doubling while it keeps
 //!   refusing, up to 30 s) and picked again only if nothing else is left.
 //! - Deadlines: the route's timeout, shortened by a `grpc-timeout` header.
+//! - Request bodies are limited (`max_request_body_bytes`): a declared length above it
+//!   gets `RESOURCE_EXHAUSTED` / 413 at once, an undeclared one is cut at the limit.
 //! - Hop-by-hop headers are dropped; `x-forwarded-for`, `-proto` and `-host` are set.
 //! - `grpc.health.v1.Health` is answered by the gateway itself.
 
@@ -106,6 +108,7 @@ pub struct Proxy {
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     verifier: Arc<Verifier>,
     metrics: Arc<GatewayMetrics>,
+    max_body_bytes: usize,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -211,10 +214,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request body: buffered (retryable) or streamed.
+/// The request body: buffered (retryable), streamed (once), or already sent.
 enum Prepared {
     Buffered(Bytes, Option<HeaderMap>),
     Streamed(Body),
+    Sent,
 }
 
 impl Prepared {
@@ -228,12 +232,11 @@ impl Prepared {
                     .chain(trailers.map(|t| Ok(hyper::body::Frame::trailers(t))));
                 Some(http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync())
             }
-            Prepared::Streamed(_) => {
-                match std::mem::replace(self, Prepared::Buffered(Bytes::new(), None)) {
-                    Prepared::Streamed(body) => Some(body),
-                    Prepared::Buffered(..) => None,
-                }
-            }
+            Prepared::Streamed(_) => match std::mem::replace(self, Prepared::Sent) {
+                Prepared::Streamed(body) => Some(body),
+                Prepared::Buffered(..) | Prepared::Sent => None,
+            },
+            Prepared::Sent => None,
         }
     }
 
@@ -242,9 +245,46 @@ impl Prepared {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A request body cut at the size limit, which remembers that it was cut, so that
+    /// the failure it causes upstream can be answered as `RESOURCE_EXHAUSTED`.
+    struct Capped {
+        #[pin]
+        inner: http_body_util::Limited<Incoming>,
+        cut: Arc<std::sync::atomic::AtomicBool>,
+    }
+}
+
+impl hyper::body::Body for Capped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Err(error)) = &polled
+            && error.is::<http_body_util::LengthLimitError>()
+        {
+            this.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        std::task::Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Reads a request body into memory for retries, up to [`RETRY_BUFFER_BYTES`]; a larger
 /// body is streamed on without retries: what was read so far, then the rest.
-async fn buffer(mut body: Incoming) -> Result<Prepared, BoxError> {
+async fn buffer(mut body: Capped) -> Result<Prepared, BoxError> {
     let mut data = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame?;
@@ -256,7 +296,7 @@ async fn buffer(mut body: Incoming) -> Result<Prepared, BoxError> {
                     let head = futures::stream::once(std::future::ready(Ok::<_, BoxError>(
                         hyper::body::Frame::data(data.freeze()),
                     )));
-                    let rest = http_body_util::BodyStream::new(body.map_err(BoxError::from));
+                    let rest = http_body_util::BodyStream::new(body);
                     return Ok(Prepared::Streamed(
                         http_body_util::StreamBody::new(head.chain(rest)).boxed_unsync(),
                     ));
@@ -281,6 +321,7 @@ impl Proxy {
         health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
         verifier: Arc<Verifier>,
         metrics: Arc<GatewayMetrics>,
+        max_body_bytes: usize,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -302,6 +343,7 @@ impl Proxy {
             health,
             verifier,
             metrics,
+            max_body_bytes,
         }
     }
 
@@ -430,10 +472,36 @@ impl Proxy {
                 || *request.method() == Method::GET
                 || *request.method() == Method::HEAD
         };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body_bytes as u64) {
+            return fail(
+                tonic::Code::ResourceExhausted,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body larger than {} bytes", self.max_body_bytes),
+            );
+        }
         let (mut parts, body) = request.into_parts();
+        // A body without a declared length is cut at the limit; the upstream sees an
+        // error and the client a reset, and no more than the limit is ever read.
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = Capped {
+            inner: http_body_util::Limited::new(body, self.max_body_bytes),
+            cut: Arc::clone(&cut),
+        };
         let mut prepared = if small {
             match buffer(body).await {
                 Ok(prepared) => prepared,
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    return fail(
+                        tonic::Code::ResourceExhausted,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("request body larger than {} bytes", self.max_body_bytes),
+                    );
+                }
                 Err(error) => {
                     return fail(
                         tonic::Code::InvalidArgument,
@@ -443,7 +511,7 @@ impl Proxy {
                 }
             }
         } else {
-            Prepared::Streamed(body.map_err(Into::into).boxed_unsync())
+            Prepared::Streamed(body.boxed_unsync())
         };
         strip_hop_by_hop(&mut parts.headers);
         let forwarded_for = match parts
@@ -483,6 +551,7 @@ impl Proxy {
                 };
                 tried.push(Arc::clone(&backend));
                 let retries_left = (tried.len() as u32) <= route.retry.max_retries;
+                let replayable = prepared.replayable();
                 let Some(body) = prepared.body() else {
                     return fail(
                         tonic::Code::Unavailable,
@@ -517,7 +586,6 @@ impl Proxy {
                 } else {
                     self.h1.request(upstream)
                 };
-                let replayable = prepared.replayable();
                 let cluster = ClusterLabels {
                     cluster: route.cluster.clone(),
                 };
@@ -568,6 +636,13 @@ impl Proxy {
                             backend.unreachable();
                         }
                         tracing::debug!(%error, endpoint = %backend.endpoint.id, reached, "upstream try failed");
+                        if cut.load(std::sync::atomic::Ordering::Relaxed) {
+                            return fail(
+                                tonic::Code::ResourceExhausted,
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                &format!("request body larger than {} bytes", self.max_body_bytes),
+                            );
+                        }
                         if can_retry(reached) {
                             continue;
                         }
@@ -774,6 +849,21 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_body_is_sent_once_and_never_replayed() {
+        let mut streamed = Prepared::Streamed(empty());
+        assert!(!streamed.replayable());
+        assert!(streamed.body().is_some());
+        assert!(
+            !streamed.replayable(),
+            "a sent stream must not look replayable"
+        );
+        assert!(streamed.body().is_none());
+        let mut buffered = Prepared::Buffered(Bytes::from_static(b"x"), None);
+        assert!(buffered.body().is_some() && buffered.body().is_some());
+        assert!(buffered.replayable());
+    }
 
     #[test]
     fn grpc_timeouts_parse_and_refuse_nonsense() {

@@ -368,3 +368,28 @@ async fn routes_that_need_a_role_check_the_token() {
     assert!(text.contains("grpc_status=\"OK\"} 2"), "{text}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn request_bodies_over_the_limit_are_refused_by_name() {
+    let (address, _upstream) = upstream("a");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.upstreams.clusters =
+        BTreeMap::from([("core-engine".to_owned(), vec![address.to_string()])]);
+    config.max_request_body_bytes = 100 * 1024;
+    let app = App::build(config).await.unwrap();
+    let admin = omnimesh_test_support::bind().await;
+    let server =
+        TestServer::start(|http, shutdown| app.serve(Listeners { http, admin }, shutdown)).await;
+    let mut client = EngineClient::new(server.channel().await);
+    echo(&mut client, &vec![1u8; 90 * 1024]).await.unwrap();
+    let status = echo(&mut client, &vec![1u8; 300 * 1024]).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("larger than 102400 bytes"),
+        "{status:?}"
+    );
+    // The gateway goes on serving.
+    echo(&mut client, b"after").await.unwrap();
+    server.stop().await.unwrap();
+}
