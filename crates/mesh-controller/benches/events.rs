@@ -233,7 +233,7 @@ async fn run(url: &str, scale: &Scale) -> Vec<Row> {
 
     // 5. Append → live subscriber delivery.
     let head = store.head().await.unwrap();
-    let mut subscription = store.subscribe(head + 1, Vec::new());
+    let mut subscription = store.subscribe(head + 1, Vec::new()).unwrap();
     let n = scale.of(300);
     let mut delivery = Vec::with_capacity(n);
     for i in 0..n {

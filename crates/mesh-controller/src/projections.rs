@@ -123,7 +123,7 @@ impl Projections {
         let follower = projections.clone();
         let from = projections.views.lock().await.position + 1;
         let types = TYPES.iter().map(|t| (*t).to_owned()).collect();
-        let mut live = projections.store.subscribe(from, types);
+        let mut live = projections.store.subscribe(from, types)?;
         tokio::spawn(async move {
             while let Some(Ok(event)) = live.recv().await {
                 follower.views.lock().await.apply(&event);

@@ -233,15 +233,7 @@ impl EventStore {
         max_count: u32,
         types: &[String],
     ) -> Result<(Vec<RecordedEvent>, u64), AppendError> {
-        if types.len() > MAX_TYPE_FILTER {
-            return Err(AppendError::Invalid {
-                field: "types".to_owned(),
-                reason: format!("at most {MAX_TYPE_FILTER} types"),
-            });
-        }
-        for (index, event_type) in types.iter().enumerate() {
-            super::check_name(&format!("types[{index}]"), event_type)?;
-        }
+        check_types(types)?;
         let from = from_position.max(1);
         let limit = max_count.clamp(1, MAX_PAGE);
         // Every position up to the head is committed (positions are commit-ordered), so
@@ -305,12 +297,20 @@ impl EventStore {
     /// History from `from_position` (inclusive; 0 is the start), then live events, of
     /// `types` (empty: all). The stream ends after an error; resume from the last
     /// delivered position + 1.
+    ///
+    /// # Errors
+    /// A malformed type filter (refused before anything is read).
     pub fn subscribe(
         &self,
         from_position: u64,
         types: Vec<String>,
-    ) -> mpsc::Receiver<Result<RecordedEvent, AppendError>> {
-        super::subscription::spawn(self.clone(), from_position, types)
+    ) -> Result<mpsc::Receiver<Result<RecordedEvent, AppendError>>, AppendError> {
+        check_types(&types)?;
+        Ok(super::subscription::spawn(
+            self.clone(),
+            from_position,
+            types,
+        ))
     }
 
     /// Wakes when the appender (or, on PostgreSQL, another process) commits.
@@ -376,6 +376,20 @@ impl EventStore {
         })
         .transpose()
     }
+}
+
+/// At most [`MAX_TYPE_FILTER`] well-formed event types.
+fn check_types(types: &[String]) -> Result<(), AppendError> {
+    if types.len() > MAX_TYPE_FILTER {
+        return Err(AppendError::Invalid {
+            field: "types".to_owned(),
+            reason: format!("at most {MAX_TYPE_FILTER} types"),
+        });
+    }
+    for (index, event_type) in types.iter().enumerate() {
+        super::check_name(&format!("types[{index}]"), event_type)?;
+    }
+    Ok(())
 }
 
 fn event_from_row(row: &AnyRow) -> Result<RecordedEvent, AppendError> {

@@ -308,7 +308,7 @@ async fn catch_up(url: &str) {
             .await
             .unwrap();
     }
-    let mut subscription = store.subscribe(0, Vec::new());
+    let mut subscription = store.subscribe(0, Vec::new()).unwrap();
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -342,7 +342,7 @@ async fn catch_up(url: &str) {
         )
         .await
         .unwrap();
-    let mut resumed = store.subscribe(651, vec!["test.happened".into()]);
+    let mut resumed = store.subscribe(651, vec!["test.happened".into()]).unwrap();
     let first = resumed.recv().await.unwrap().unwrap();
     assert_eq!(first.global_position, 651);
     let mut last = first.global_position;
@@ -424,6 +424,7 @@ async fn hostile_input(url: &str) {
     assert!(store.read_all(0, 10, &["x y".into()]).await.is_err());
     let too_many: Vec<String> = (0..33).map(|n| format!("t{n}")).collect();
     assert!(store.read_all(0, 10, &too_many).await.is_err());
+    assert!(store.subscribe(0, too_many).is_err());
     // Huge page sizes are clamped, not honoured.
     store
         .append("ok", ExpectedVersion::Any, vec![event(0)])
@@ -483,7 +484,7 @@ async fn reopen(url: &str) {
         .await
         .unwrap();
     assert_eq!(next.first_position, 3);
-    let mut subscription = store.subscribe(2, Vec::new());
+    let mut subscription = store.subscribe(2, Vec::new()).unwrap();
     let positions = [
         subscription.recv().await.unwrap().unwrap().global_position,
         subscription.recv().await.unwrap().unwrap().global_position,

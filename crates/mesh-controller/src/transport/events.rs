@@ -32,13 +32,9 @@ pub(crate) fn status(error: AppendError) -> Status {
     match &error {
         AppendError::WrongExpectedVersion { actual, .. } => {
             let mut status = Status::aborted(error.to_string());
-            status.metadata_mut().insert(
-                ACTUAL_VERSION_KEY,
-                actual
-                    .to_string()
-                    .parse()
-                    .unwrap_or_else(|_| "0".parse().expect("ASCII")),
-            );
+            status
+                .metadata_mut()
+                .insert(ACTUAL_VERSION_KEY, (*actual).into());
             status
         }
         AppendError::IdempotencyMismatch { .. } => Status::already_exists(error.to_string()),
@@ -164,11 +160,10 @@ impl Events for EventsService {
     ) -> Result<Response<BoxStream<pb::Event>>, Status> {
         let request = request.into_inner();
         // Malformed filters fail the call itself, not the first message.
-        self.store
-            .read_all(u64::MAX, 1, &request.types)
-            .await
+        let events = self
+            .store
+            .subscribe(request.from_position, request.types)
             .map_err(status)?;
-        let events = self.store.subscribe(request.from_position, request.types);
         let stream = ReceiverStream::new(events)
             .map(|item| item.map(event).map_err(status))
             .take_until(self.streams.clone().cancelled_owned());

@@ -2,5 +2,6 @@
 
 mod auth;
 mod build;
+mod events;
 mod registry;
 mod serving;

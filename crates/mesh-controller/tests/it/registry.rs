@@ -84,6 +84,22 @@ async fn register(client: &mut RegistryClient<Authed>, instance: pb::Instance) -
         .instance_id
 }
 
+/// Opens a Watch of `services` (empty: all) after `after_revision`.
+async fn open_watch(
+    client: &mut RegistryClient<Authed>,
+    services: &[&str],
+    after_revision: u64,
+) -> Streaming<pb::WatchResponse> {
+    client
+        .watch(pb::WatchRequest {
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            after_revision,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn next(watch: &mut Streaming<pb::WatchResponse>) -> pb::WatchResponse {
     tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
@@ -108,14 +124,7 @@ async fn register_watch_deregister_and_every_change_is_an_event() {
     let (a, _reporter_a) = health_server().await;
     let (b, _reporter_b) = health_server().await;
 
-    let mut watch = client
-        .watch(pb::WatchRequest {
-            services: vec!["core-engine".into()],
-            after_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = open_watch(&mut client, &["core-engine"], 0).await;
     let empty = next(&mut watch).await;
     assert_eq!(
         (empty.service.as_str(), empty.instances.len()),
@@ -156,14 +165,7 @@ async fn register_watch_deregister_and_every_change_is_an_event() {
     assert_eq!(back_to_one.instances.len(), 1);
 
     // A watch resumed after `two` gets only the later change.
-    let mut resumed = client
-        .watch(pb::WatchRequest {
-            services: vec!["core-engine".into()],
-            after_revision: two.revision,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = open_watch(&mut client, &["core-engine"], two.revision).await;
     assert_eq!(next(&mut resumed).await.revision, back_to_one.revision);
 
     let listed = client
@@ -210,14 +212,7 @@ async fn active_checks_mark_instances_down_and_up_at_the_thresholds() {
     let server = start(dir.path(), Duration::from_secs(60)).await;
     let mut client = client(&server, dir.path()).await;
     let (address, reporter) = health_server().await;
-    let mut watch = client
-        .watch(pb::WatchRequest {
-            services: vec!["core-engine".into()],
-            after_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = open_watch(&mut client, &["core-engine"], 0).await;
     next(&mut watch).await;
     let id = register(&mut client, instance("core-engine", &address)).await;
     assert_eq!(
@@ -262,11 +257,7 @@ async fn silent_instances_expire_and_heartbeats_then_fail() {
     let server = start(dir.path(), Duration::from_secs(1)).await;
     let mut client = client(&server, dir.path()).await;
     let (address, _reporter) = health_server().await;
-    let mut watch = client
-        .watch(pb::WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = open_watch(&mut client, &[], 0).await;
     let id = register(&mut client, instance("omniterm-interface", &address)).await;
     assert_eq!(next(&mut watch).await.instances.len(), 1);
     // No heartbeat: gone after the TTL, announced to watchers.
@@ -388,15 +379,12 @@ async fn malformed_registrations_are_refused_and_change_nothing() {
         .unwrap()
         .into_inner();
     assert!(listed.services.is_empty());
-    let (events, _) = (
-        EventsClient::new(server.channel().await)
-            .read_all(pb::ReadAllRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .events,
-        (),
-    );
+    let events = EventsClient::new(server.channel().await)
+        .read_all(pb::ReadAllRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
     assert!(events.is_empty(), "{events:?}");
     server.stop().await.unwrap();
 }
@@ -453,11 +441,7 @@ async fn a_restarted_controller_rebuilds_the_registry_from_snapshot_and_log() {
     assert_eq!(ids(&after), ids(&before));
     assert_eq!(after.services[0].instances.len(), 3);
     // The revisions survive too: a watch resumed at the last one is quiet until a change.
-    let mut watch = client
-        .watch(pb::WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = open_watch(&mut client, &[], 0).await;
     let mut revisions = Vec::new();
     for _ in 0..2 {
         revisions.push(next(&mut watch).await.revision);
