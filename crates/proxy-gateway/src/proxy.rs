@@ -412,14 +412,12 @@ impl Proxy {
         let route = {
             let headers = request.headers();
             let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-            self.routes
-                .select(RequestFacts {
-                    method: request.method().as_str(),
-                    grpc,
-                    path: &path,
-                    header: &lookup,
-                })
-                .cloned()
+            self.routes.select(RequestFacts {
+                method: request.method().as_str(),
+                grpc,
+                path: &path,
+                header: &lookup,
+            })
         };
         let Some(route) = route else {
             return fail(
