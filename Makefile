@@ -9,7 +9,7 @@ VENV := .venv
 # timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all build release run test test-rust test-stock-client eval-nl bench-nl bench-engine bench-controller bench-gateway fuzz-nl fuzz-engine fmt fmt-check lint clean help
+.PHONY: promtool all build release run test test-rust test-stock-client chart-lint manifests validate eval-nl bench-nl bench-engine bench-controller bench-gateway fuzz-nl fuzz-engine fmt fmt-check lint clean help
 
 all: build
 
@@ -17,6 +17,9 @@ help:
 	@echo "make run                 build (release) and start the whole platform on 127.0.0.1"
 	@echo "make test                every test: unit, integration, end-to-end, stock gRPC client"
 	@echo "make lint                rustfmt --check and clippy -D warnings"
+	@echo "make validate            the Helm chart, istio/, argo-rollouts/, k8s/ and the Dockerfile, offline"
+	@echo "make chart-lint          helm lint (warnings fail) of the chart with each values file"
+	@echo "make manifests           render k8s/, istio/ and argo-rollouts/ from the chart"
 	@echo "make build | release     debug | release build of the workspace"
 	@echo "make eval-nl             score the English interpreter (plain and 5-fold cross-validated)"
 	@echo "make bench-nl            the interpreter's latency and model load against their budgets"
@@ -37,7 +40,7 @@ release:
 run: release
 	exec ./target/release/mesh-controller launch
 
-test: test-rust test-stock-client
+test: test-rust test-stock-client validate
 
 # The end-to-end tests run the real binaries, so they are built first.
 test-rust: build
@@ -52,6 +55,43 @@ $(VENV)/.stock-client: tests/stock-client/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
+
+# Deployment artifacts, checked offline: the real Helm SDK renders the chart, every document
+# is validated against the Kubernetes 1.37 schemas and the upstream Istio / Argo Rollouts
+# CRDs (../shared/tools/validate-deploy), the analysis PromQL is parsed by promtool (Debian
+# package prometheus), and tests/deploy checks what schemas cannot (non-root, limits, probes,
+# drift of the committed manifests, the Dockerfile's structure and hadolint).
+SHARED ?= ../shared
+VALIDATE = $(VENV)/bin/python $(SHARED)/tools/validate-deploy
+CHECKS = --check-refs --promql
+# The Prometheus Operator's CRD is not among the shared schemas: its ServiceMonitor (on in
+# the production values) is reported as SKIP with that reason; tests/deploy checks its ports.
+NO_SERVICEMONITOR_SCHEMA = --allow-kind monitoring.coreos.com/ServiceMonitor
+
+$(VENV)/.deploy: $(SHARED)/tools/requirements-deploy.txt tests/deploy/requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $(SHARED)/tools/requirements-deploy.txt -r tests/deploy/requirements.txt
+	touch $@
+
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+chart-lint: $(VENV)/.deploy
+	$(VALIDATE) helm/omnimesh --strict-lint -q
+	$(VALIDATE) helm/omnimesh -f helm/omnimesh/values-production.yaml --strict-lint -q $(NO_SERVICEMONITOR_SCHEMA)
+	for values in helm/omnimesh/ci/*.yaml; do $(VALIDATE) helm/omnimesh -f $$values --strict-lint -q || exit 1; done
+
+manifests: $(VENV)/.deploy
+	$(VENV)/bin/python tests/deploy/manifests.py
+
+validate: $(VENV)/.deploy promtool
+	$(VALIDATE) helm/omnimesh $(CHECKS) --strict-lint
+	$(VALIDATE) helm/omnimesh -f helm/omnimesh/values-production.yaml $(CHECKS) --strict-lint $(NO_SERVICEMONITOR_SCHEMA)
+	for values in helm/omnimesh/ci/*.yaml; do $(VALIDATE) helm/omnimesh -f $$values $(CHECKS) --strict-lint -q || exit 1; done
+	$(VALIDATE) istio $(CHECKS)
+	$(VALIDATE) argo-rollouts $(CHECKS)
+	$(VALIDATE) k8s $(CHECKS)
+	$(VENV)/bin/python -m unittest discover -s tests/deploy
 
 # A stock client (Python grpcio) that has never seen our protos, against the launcher.
 test-stock-client: build $(VENV)/.stock-client
