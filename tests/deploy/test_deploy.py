@@ -180,6 +180,18 @@ class RenderedChart(unittest.TestCase):
         for endpoint in monitor["spec"]["endpoints"]:
             self.assertIn(endpoint["port"], port_names)
 
+    def test_notes_say_how_to_reach_the_terminal_and_get_a_token(self):
+        notes = manifests.render({})["omnimesh/templates/NOTES.txt"]
+        services = {d["metadata"]["name"] for d in self.rendered["default"] if d["kind"] == "Service"}
+        forward = re.search(r"port-forward svc/(\S+) 8080:8080", notes)
+        self.assertIsNotNone(forward, notes)
+        self.assertIn(forward.group(1), services)
+        self.assertIn("http://omnimesh.example.com/", notes)
+        token = re.search(r"exec deploy/(\S+) -- \\\n\s+mesh-controller token --role operator", notes)
+        self.assertIsNotNone(token, notes)
+        deployments = {d["metadata"]["name"] for d in self.rendered["default"] if d["kind"] == "Deployment"}
+        self.assertIn(token.group(1), deployments)
+
     def test_mesh_controller_rbac_is_namespaced_and_minimal(self):
         docs = self.rendered["default"]
         self.assertFalse([d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")])

@@ -573,11 +573,22 @@ impl Proxy {
                         );
                     }
                 }
-                *upstream.version_mut() = if grpc {
-                    Version::HTTP_2
+                // The upstream is addressed by its own name (a mesh sidecar in front of it
+                // routes on it); the client's host travels in `x-forwarded-host`. HTTP/2
+                // carries it in `:authority`, from the URI, so no `host` header goes along.
+                if grpc {
+                    *upstream.version_mut() = Version::HTTP_2;
+                    upstream.headers_mut().remove(header::HOST);
                 } else {
-                    Version::HTTP_11
-                };
+                    *upstream.version_mut() = Version::HTTP_11;
+                    let host = upstream
+                        .uri()
+                        .authority()
+                        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+                    if let Some(host) = host {
+                        upstream.headers_mut().insert(header::HOST, host);
+                    }
+                }
                 let guard = backend.start();
                 let sent = if grpc {
                     self.h2.request(upstream)

@@ -393,3 +393,80 @@ async fn request_bodies_over_the_limit_are_refused_by_name() {
     echo(&mut client, b"after").await.unwrap();
     server.stop().await.unwrap();
 }
+
+/// An HTTP/1.1 upstream that answers every request with the headers it received that
+/// say where the request was meant for, one `name: value` per line.
+async fn header_echo_upstream() -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(
+                    |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let mut seen = format!("path: {}\n", request.uri());
+                        for name in [
+                            "host",
+                            "x-forwarded-host",
+                            "x-forwarded-for",
+                            "x-forwarded-proto",
+                        ] {
+                            for value in request.headers().get_all(name) {
+                                seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap()));
+                            }
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(seen)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn http_requests_reach_the_upstream_by_its_own_name() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = header_echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clusters = BTreeMap::from([("omniterm-interface".to_owned(), vec![upstream.to_string()])]);
+    let (gateway, _admin) = gateway(dir.path(), clusters, None).await;
+
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /terminal?tab=1 HTTP/1.1\r\nHost: omnimesh.example.com\r\n\
+              Connection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response.split("\r\n\r\n").nth(1).unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    // A sidecar in front of the upstream routes on Host: it names the upstream, and the
+    // client's host goes along as x-forwarded-host.
+    assert_eq!(
+        lines,
+        [
+            "path: /terminal?tab=1",
+            &format!("host: {upstream}"),
+            "x-forwarded-host: omnimesh.example.com",
+            "x-forwarded-for: 127.0.0.1",
+            "x-forwarded-proto: http",
+        ]
+    );
+}
