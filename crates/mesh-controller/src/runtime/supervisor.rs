@@ -4,12 +4,12 @@
 //! instances in the registry (and removes them *before* stopping them), records every
 //! step as an event, and answers `Scale` and the platform health.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
@@ -802,8 +802,14 @@ fn resolve_ports(spec: &ServiceSpec, index: u32) -> std::io::Result<BTreeMap<Str
         .collect()
 }
 
+/// Ports [`resolve`] has handed out in this process. A free port is found by binding port
+/// 0 and closing the socket, so until the child binds it the kernel may offer the same
+/// port again: to another instance, whose bind then fails (seen: an engine replica and
+/// the gateway's admin port on one port). No port is handed out twice.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
 /// A port of 0 becomes a free port now, so that the runtime knows where to check health
-/// and what to register.
+/// and what to register; never one handed out before.
 pub(crate) fn resolve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     if addr.port() != 0 {
         return Ok(addr);
@@ -813,7 +819,17 @@ pub(crate) fn resolve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     } else {
         addr.ip()
     };
-    StdListener::bind((ip, 0))?.local_addr()
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    for _ in 0..256 {
+        let free = StdListener::bind((ip, 0))?.local_addr()?;
+        if handed_out.insert(free.port()) {
+            return Ok(free);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "every free port offered was handed out already",
+    ))
 }
 
 fn round_ms(duration: Duration) -> Duration {
@@ -997,5 +1013,25 @@ pub(crate) fn describe(status: std::io::Result<ExitStatus>) -> String {
             (None, None) => status.to_string(),
         },
         Err(error) => format!("wait failed: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        // 2,000 binds to port 0 over the ~28,000 ephemeral ports repeat a port dozens of
+        // times (the birthday bound); none may be handed out twice.
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let mut seen = BTreeSet::new();
+        for _ in 0..2000 {
+            let port = resolve(any).expect("a free port").port();
+            assert_ne!(port, 0);
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
+        let fixed = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080));
+        assert_eq!(resolve(fixed).expect("as given"), fixed);
     }
 }
