@@ -21,10 +21,32 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Times `f` REPEATS times after one warm-up; the median in seconds.
-fn time(mut f: impl FnMut()) -> f64 {
+fn time(f: impl FnMut()) -> f64 {
+    time_n(REPEATS, f)
+}
+
+/// Timed runs of a few milliseconds are at the mercy of this shared machine's noise:
+/// those take the median of more runs.
+const SHORT_REPEATS: usize = 15;
+
+/// Times `f` `repeats` times after one warm-up; the median in seconds.
+fn time_n(repeats: usize, mut f: impl FnMut()) -> f64 {
+    if std::env::var_os("ENGINE_BENCH_VERBOSE").is_some() {
+        let runs: Vec<f64> = (0..repeats)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        eprintln!(
+            "runs (ms): {:.2?}",
+            runs.iter().map(|s| s * 1e3).collect::<Vec<_>>()
+        );
+    }
     f();
     median(
-        (0..REPEATS)
+        (0..repeats)
             .map(|_| {
                 let start = Instant::now();
                 f();
@@ -49,6 +71,23 @@ fn normals(n: usize) -> Vec<f64> {
             (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
         })
         .collect()
+}
+
+/// A copy of `values` in an anonymous mapping advised for transparent huge pages, the way
+/// numpy allocates its arrays (so the kernels and the memory read bandwidth of the
+/// baseline see the same memory); a plain mapping where the advice is not supported.
+fn in_huge_pages(values: &[f64]) -> memmap2::MmapMut {
+    let mut map = memmap2::MmapMut::map_anon(std::mem::size_of_val(values)).expect("mmap");
+    let _ = map.advise(memmap2::Advice::HugePage);
+    bytemuck::cast_slice_mut::<u8, f64>(&mut map).copy_from_slice(values);
+    if std::env::var_os("ENGINE_BENCH_VERBOSE").is_some() {
+        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+        let huge = rollup
+            .lines()
+            .find(|line| line.starts_with("AnonHugePages"));
+        eprintln!("{}", huge.unwrap_or("AnonHugePages: unknown"));
+    }
+    map
 }
 
 /// Operations per second of `op` over `window`, repeated.
@@ -107,159 +146,209 @@ fn main() {
         .unwrap_or(if quick { 1_000_000 } else { 10_000_000 });
     let window = Duration::from_millis(if quick { 300 } else { 2000 });
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    // ENGINE_BENCH_ONLY=seal,analyze,sort,matmul,rpc runs only those parts (for profiling;
+    // compare.py needs them all).
+    let only = std::env::var("ENGINE_BENCH_ONLY").ok();
+    let wanted = |part: &str| {
+        only.as_deref()
+            .is_none_or(|only| only.split(',').any(|p| p.trim() == part))
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("n".into(), json!(n));
+    out.insert("threads".into(), json!(threads));
 
-    // AES-256-GCM sealing on one core, the Encrypt path (random nonce, bound prefix).
-    let sealer = Sealer::new();
-    let buffer = vec![0x5a_u8; 16 * 1024];
-    let seal_16k = rate(window, || {
-        black_box(sealer.seal(black_box(&buffer)));
-        buffer.len() as u64
-    });
-    let mut bulk = vec![0x5a_u8; 16 * 1024];
-    let mut counter = 0;
-    let seal_16k_in_place = rate(window, || {
-        counter += 1;
-        black_box(sealer.seal_in_place(counter, black_box(&mut bulk)));
-        bulk.len() as u64
-    });
-    // In-process sealing of 1 KiB items the way Encrypt seals a 64-item batch
-    // (nonces from one generator call, envelopes included).
-    let batch = vec![vec![0x5a_u8; 1024]; 64];
-    let seal_1k_items = rate(window, || {
-        black_box(sealer.seal_batch(black_box(&batch)));
-        batch.len() as u64
-    });
+    if wanted("seal") {
+        // AES-256-GCM sealing on one core, the Encrypt path (random nonce, bound prefix).
+        let sealer = Sealer::new();
+        let buffer = vec![0x5a_u8; 16 * 1024];
+        let seal_16k = rate(window, || {
+            black_box(sealer.seal(black_box(&buffer)));
+            buffer.len() as u64
+        });
+        let mut bulk = vec![0x5a_u8; 16 * 1024];
+        let mut counter = 0;
+        let seal_16k_in_place = rate(window, || {
+            counter += 1;
+            black_box(sealer.seal_in_place(counter, black_box(&mut bulk)));
+            bulk.len() as u64
+        });
+        // In-process sealing of 1 KiB items the way Encrypt seals a 64-item batch
+        // (nonces from one generator call, envelopes included).
+        let batch = vec![vec![0x5a_u8; 1024]; 64];
+        let seal_1k_items = rate(window, || {
+            black_box(sealer.seal_batch(black_box(&batch)));
+            batch.len() as u64
+        });
 
-    let values = normals(n);
-    let bytes = (n * 8) as f64;
-    let mean_var = time(|| {
-        black_box(mean_variance(black_box(&values)));
-    });
-    let qs = [0.01, 0.25, 0.5, 0.75, 0.99];
-    let quantiles_5 = time(|| {
-        black_box(quantiles(black_box(&values), &qs));
-    });
-    let sort = time(|| {
-        let mut copy = values.clone();
-        sort_f64(&mut copy);
-        black_box(copy);
-    });
-    let side = if quick { 512 } else { 2048 };
-    let a = normals(side * side);
-    let b = normals(side * side);
-    let gemm = time(|| {
-        black_box(matmul(&a, &b, side, threads));
-    });
-    let gflops = 2.0 * (side as f64).powi(3) / gemm / 1e9;
+        out.insert(
+            "seal_aes256gcm_16KiB_1core_bytes_per_s".into(),
+            json!(seal_16k),
+        );
+        out.insert(
+            "seal_in_place_aes256gcm_16KiB_1core_bytes_per_s".into(),
+            json!(seal_16k_in_place),
+        );
+        out.insert(
+            "seal_aes256gcm_1KiB_1core_items_per_s".into(),
+            json!(seal_1k_items),
+        );
+    }
 
-    // The RPCs: a real server on 127.0.0.1:0 and a warm client, both in this process.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (echo, encrypt_1, encrypt_64) = runtime.block_on(async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let app = App::build(Config::for_test(dir.path()))
-            .await
-            .expect("engine");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .connect()
-            .await
-            .expect("connect");
-        let mut client = EngineClient::new(channel);
-        client
-            .create_key(CreateKeyRequest {
-                name: "bench".into(),
-                ..CreateKeyRequest::default()
-            })
-            .await
-            .expect("key");
-        let payload = vec![0x5a_u8; 1024];
-        let echo = {
-            let (client, payload) = (client.clone(), payload.clone());
-            rpc_rate(window, 64, move || {
-                let (mut client, payload) = (client.clone(), payload.clone());
-                async move {
-                    client.echo(EchoRequest { payload }).await.expect("echo");
-                    1
-                }
-            })
-            .await
-        };
-        let item = |payload: &Vec<u8>| EncryptItem {
-            plaintext: payload.clone(),
-            ..EncryptItem::default()
-        };
-        let encrypt_1 = {
-            let (client, items) = (client.clone(), vec![item(&payload)]);
-            rpc_rate(window, 64, move || {
-                let (mut client, items) = (client.clone(), items.clone());
-                async move {
-                    client
-                        .encrypt(EncryptRequest {
-                            key_name: "bench".into(),
-                            key_version: 0,
-                            items,
-                        })
-                        .await
-                        .expect("encrypt");
-                    1
-                }
-            })
-            .await
-        };
-        let encrypt_64 = {
-            let (client, items) = (client.clone(), vec![item(&payload); 64]);
-            rpc_rate(window, 8, move || {
-                let (mut client, items) = (client.clone(), items.clone());
-                async move {
-                    client
-                        .encrypt(EncryptRequest {
-                            key_name: "bench".into(),
-                            key_version: 0,
-                            items,
-                        })
-                        .await
-                        .expect("encrypt");
-                    64
-                }
-            })
-            .await
-        };
-        let _ = stop.send(());
-        server.await.expect("server task").expect("server");
-        (echo, encrypt_1, encrypt_64)
-    });
+    let values = if wanted("analyze") || wanted("sort") {
+        normals(n)
+    } else {
+        Vec::new()
+    };
+    if wanted("analyze") {
+        let bytes = (n * 8) as f64;
+        // The same values in ordinary (4 KiB) pages, for the record.
+        let mean_var_small_pages = time_n(SHORT_REPEATS, || {
+            black_box(mean_variance(black_box(&values)));
+        });
+        let huge = in_huge_pages(&values);
+        let huge: &[f64] = bytemuck::cast_slice(&huge);
+        let mean_var = time_n(SHORT_REPEATS, || {
+            black_box(mean_variance(black_box(huge)));
+        });
+        let qs = [0.01, 0.25, 0.5, 0.75, 0.99];
+        let quantiles_5 = time(|| {
+            black_box(quantiles(black_box(&values), &qs));
+        });
+        out.insert("mean_variance_s".into(), json!(mean_var));
+        out.insert(
+            "mean_variance_small_pages_GB_per_s".into(),
+            json!(bytes / mean_var_small_pages / 1e9),
+        );
+        out.insert(
+            "mean_variance_GB_per_s".into(),
+            json!(bytes / mean_var / 1e9),
+        );
+        out.insert("quantiles_5_s".into(), json!(quantiles_5));
+    }
+    if wanted("sort") {
+        let sort = time(|| {
+            let mut copy = values.clone();
+            sort_f64(&mut copy);
+            black_box(copy);
+        });
+        out.insert("sort_f64_s".into(), json!(sort));
+    }
 
-    println!(
-        "{}",
-        json!({
-            "n": n,
-            "threads": threads,
-            "seal_aes256gcm_16KiB_1core_bytes_per_s": seal_16k,
-            "seal_in_place_aes256gcm_16KiB_1core_bytes_per_s": seal_16k_in_place,
-            "seal_aes256gcm_1KiB_1core_items_per_s": seal_1k_items,
-            "mean_variance_s": mean_var,
-            "mean_variance_GB_per_s": bytes / mean_var / 1e9,
-            "quantiles_5_s": quantiles_5,
-            "sort_f64_s": sort,
-            "matmul_side": side,
-            "matmul_s": gemm,
-            "matmul_GFLOP_per_s": gflops,
-            "rpc_echo_1KiB_64_in_flight_per_s": echo,
-            "rpc_encrypt_1KiB_64_in_flight_per_s": encrypt_1,
-            "rpc_encrypt_64x1KiB_8_in_flight_items_per_s": encrypt_64,
-        })
-    );
+    if wanted("matmul") {
+        let side = if quick { 512 } else { 2048 };
+        let a = normals(side * side);
+        let b = normals(side * side);
+        let gemm = time(|| {
+            black_box(matmul(&a, &b, side, threads));
+        });
+        let gflops = 2.0 * (side as f64).powi(3) / gemm / 1e9;
+
+        out.insert("matmul_side".into(), json!(side));
+        out.insert("matmul_s".into(), json!(gemm));
+        out.insert("matmul_GFLOP_per_s".into(), json!(gflops));
+    }
+
+    if wanted("rpc") {
+        // The RPCs: a real server on 127.0.0.1:0 and a warm client, both in this process.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (echo, encrypt_1, encrypt_64) = runtime.block_on(async {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let app = App::build(Config::for_test(dir.path()))
+                .await
+                .expect("engine");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(app.serve(listener, async {
+                let _ = stopped.await;
+            }));
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(4 << 20)
+                .connect()
+                .await
+                .expect("connect");
+            let mut client = EngineClient::new(channel);
+            client
+                .create_key(CreateKeyRequest {
+                    name: "bench".into(),
+                    ..CreateKeyRequest::default()
+                })
+                .await
+                .expect("key");
+            let payload = vec![0x5a_u8; 1024];
+            let echo = {
+                let (client, payload) = (client.clone(), payload.clone());
+                rpc_rate(window, 64, move || {
+                    let (mut client, payload) = (client.clone(), payload.clone());
+                    async move {
+                        client.echo(EchoRequest { payload }).await.expect("echo");
+                        1
+                    }
+                })
+                .await
+            };
+            let item = |payload: &Vec<u8>| EncryptItem {
+                plaintext: payload.clone(),
+                ..EncryptItem::default()
+            };
+            let encrypt_1 = {
+                let (client, items) = (client.clone(), vec![item(&payload)]);
+                rpc_rate(window, 64, move || {
+                    let (mut client, items) = (client.clone(), items.clone());
+                    async move {
+                        client
+                            .encrypt(EncryptRequest {
+                                key_name: "bench".into(),
+                                key_version: 0,
+                                items,
+                            })
+                            .await
+                            .expect("encrypt");
+                        1
+                    }
+                })
+                .await
+            };
+            let encrypt_64 = {
+                let (client, items) = (client.clone(), vec![item(&payload); 64]);
+                rpc_rate(window, 8, move || {
+                    let (mut client, items) = (client.clone(), items.clone());
+                    async move {
+                        client
+                            .encrypt(EncryptRequest {
+                                key_name: "bench".into(),
+                                key_version: 0,
+                                items,
+                            })
+                            .await
+                            .expect("encrypt");
+                        64
+                    }
+                })
+                .await
+            };
+            let _ = stop.send(());
+            server.await.expect("server task").expect("server");
+            (echo, encrypt_1, encrypt_64)
+        });
+
+        out.insert("rpc_echo_1KiB_64_in_flight_per_s".into(), json!(echo));
+        out.insert(
+            "rpc_encrypt_1KiB_64_in_flight_per_s".into(),
+            json!(encrypt_1),
+        );
+        out.insert(
+            "rpc_encrypt_64x1KiB_8_in_flight_items_per_s".into(),
+            json!(encrypt_64),
+        );
+    }
+
+    println!("{}", serde_json::Value::Object(out));
 }
