@@ -11,11 +11,13 @@ const PREFIX: &str = "omnimesh:v";
 
 /// The string for `body` sealed (or signed) by key version `version`.
 pub(crate) fn format(version: u32, body: &[u8]) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(PREFIX.len() + 11 + body.len().div_ceil(3) * 4);
     out.push_str(PREFIX);
-    out.push_str(&version.to_string());
-    out.push(':');
-    STANDARD.encode_string(body, &mut out);
+    let _ = write!(out, "{version}:");
+    // Standard alphabet with padding, as `parse` expects; SIMD, so encoding costs less
+    // than sealing.
+    base64_simd::STANDARD.encode_append(body, &mut out);
     out
 }
 
@@ -45,9 +47,10 @@ pub(crate) fn parse(field: &str, text: &str) -> Result<(u32, Vec<u8>), EngineErr
 /// The associated data an AEAD binds: the version prefix, then the caller's data. The
 /// prefix ends at its second `:`, so the concatenation is unambiguous.
 pub(crate) fn aad(version: u32, associated_data: &[u8]) -> Vec<u8> {
-    let prefix = format!("{PREFIX}{version}:");
-    let mut aad = Vec::with_capacity(prefix.len() + associated_data.len());
-    aad.extend_from_slice(prefix.as_bytes());
+    use std::io::Write as _;
+    let mut aad = Vec::with_capacity(PREFIX.len() + 11 + associated_data.len());
+    aad.extend_from_slice(PREFIX.as_bytes());
+    let _ = write!(aad, "{version}:");
     aad.extend_from_slice(associated_data);
     aad
 }
