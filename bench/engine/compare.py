@@ -38,9 +38,13 @@ inproc = ours["seal_aes256gcm_1KiB_1core_items_per_s"]
 row("Encrypt RPC, 64 × 1 KiB items per call, 8 in flight", f"{batch:,.0f} items/s",
     "in-process sealing of 1 KiB items as Encrypt does (64 per batch, envelopes), 1 core", f"{inproc:,.0f} items/s", batch / inproc, 0.5)
 
-mv = ours["mean_variance_GB_per_s"]
+# Ours over the same values in huge pages (as numpy allocates) and in ordinary pages:
+# the lower of the two is held to the floor.
+mv_huge = ours["mean_variance_GB_per_s"]
+mv = min(mv_huge, ours.get("mean_variance_small_pages_GB_per_s", mv_huge))
 bw = max(v["GB_per_s"] for k, v in np_.items() if isinstance(v, dict) and k.startswith("mem_read_1GiB"))
-row(f"Analyze mean + variance, {ours['n']:,} f64", f"{mv:.2f} GB/s",
+row(f"Analyze mean + variance, {ours['n']:,} f64 (lower of huge / 4 KiB pages: {mv_huge:.1f} / "
+    f"{ours.get('mean_variance_small_pages_GB_per_s', mv_huge):.1f})", f"{mv:.2f} GB/s",
     "memory read bandwidth (numpy, best of sum/ddot)", f"{bw:.2f} GB/s", mv / bw, 0.8)
 
 q = ours["quantiles_5_s"]
