@@ -39,12 +39,17 @@ ISTIO_KINDS = {"Gateway", "VirtualService", "DestinationRule", "PeerAuthenticati
 def render(values: dict, release: str = "omnimesh", namespace: str = NAMESPACE) -> dict[str, str]:
     """{template path: rendered text} for the chart with these values."""
     import helm_python as helm
-    from helm_python import _native
 
     opts = {"name": release, "namespace": namespace, "kube_version": KUBE_VERSION}
     with helm.Chart.load(str(CHART)) as chart:
-        return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values),
-                                              json.dumps(opts)))
+        try:
+            # The SDK's render takes `helm template --kube-version`; the Python wrapper does
+            # not pass it on (validate-deploy calls it the same way).
+            from helm_python import _native
+            return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values),
+                                                  json.dumps(opts)))
+        except (ImportError, AttributeError, TypeError):
+            return chart.render(values, name=release, namespace=namespace)
 
 
 def load_values(*names: str) -> dict:
