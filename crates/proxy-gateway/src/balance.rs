@@ -97,7 +97,8 @@ pub struct Balancers {
     clusters: HashMap<String, Vec<Arc<Backend>>>,
 }
 
-fn random() -> u64 {
+/// A random number (fresh `RandomState` keys: cheap, good enough to spread load).
+pub(crate) fn random() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()

@@ -144,6 +144,11 @@ impl ServiceConfig for Config {
                 }
             }
         }
+        for (index, route) in self.routes.iter().flatten().enumerate() {
+            route.validate().map_err(|(field, reason)| {
+                Invalid::new(format!("routes[{index}].{field}"), reason)
+            })?;
+        }
         if self.max_request_body_bytes == 0 {
             return Err(Invalid::new("max_request_body_bytes", "must be at least 1"));
         }
@@ -181,6 +186,22 @@ mod tests {
     use omnimesh_common::config::{Sources, load_from};
 
     use super::*;
+
+    #[test]
+    fn a_bad_split_is_refused_naming_the_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("omnimesh.toml");
+        std::fs::write(
+            &file,
+            "[[proxy-gateway.routes]]\nmatch = { prefix = \"/\" }\ncluster = \"web\"\n\
+             [[proxy-gateway.routes]]\nmatch = { prefix = \"/api\" }\n\
+             split = [{ cluster = \"stable\", weight = 90 }, { cluster = \"canary\", weight = 20 }]\n",
+        )
+        .unwrap();
+        let error = load_from::<Config>(&Sources::new().with_file(&file)).unwrap_err();
+        assert_eq!(error.key, "proxy-gateway.routes[1].split");
+        assert_eq!(error.reason, "the weights add up to 110, not 100");
+    }
 
     #[test]
     fn admin_and_data_plane_must_not_share_an_address() {

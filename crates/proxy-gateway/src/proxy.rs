@@ -427,7 +427,8 @@ impl Proxy {
             );
         };
         labels.route = route.name().to_owned();
-        labels.cluster = route.cluster.clone();
+        let cluster = route.cluster_for(crate::balance::random());
+        labels.cluster = cluster.to_owned();
         if let Some(role) = route.auth
             && let Err((code, status, message)) = self.authorize(request.headers(), role)
         {
@@ -535,11 +536,11 @@ impl Proxy {
             let mut tried: Vec<Arc<Backend>> = Vec::new();
             loop {
                 let balancers = Arc::clone(&self.balancers.borrow());
-                let Some(backend) = balancers.pick(&route.cluster, &tried) else {
+                let Some(backend) = balancers.pick(cluster, &tried) else {
                     let message = if tried.is_empty() {
-                        format!("no healthy endpoint for {}", route.cluster)
+                        format!("no healthy endpoint for {cluster}")
                     } else {
-                        format!("every endpoint of {} failed", route.cluster)
+                        format!("every endpoint of {cluster} failed")
                     };
                     return fail(
                         tonic::Code::Unavailable,
@@ -596,7 +597,7 @@ impl Proxy {
                     self.h1.request(upstream)
                 };
                 let cluster = ClusterLabels {
-                    cluster: route.cluster.clone(),
+                    cluster: cluster.to_owned(),
                 };
                 let can_retry = |reached: bool| {
                     if !(retries_left && replayable && (!reached || idempotent)) {

@@ -53,6 +53,16 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A share of a route's traffic: Istio's VirtualService `route[].weight`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    /// The cluster.
+    pub cluster: String,
+    /// Its percentage; the weights of a route add up to 100.
+    pub weight: u32,
+}
+
 /// One route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,8 +79,14 @@ pub struct Route {
     /// Only gRPC requests (`true`) or only other requests (`false`); both when absent.
     #[serde(default)]
     pub grpc: Option<bool>,
-    /// The cluster (a registry service name or a static cluster).
+    /// The cluster (a registry service name or a static cluster); empty when `split`
+    /// names the clusters.
+    #[serde(default)]
     pub cluster: String,
+    /// Weighted clusters (stable / canary), instead of `cluster`: each request goes to
+    /// one of them with the probability of its weight, and its retries stay there.
+    #[serde(default)]
+    pub split: Vec<WeightedCluster>,
     /// The whole request, all tries included.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -96,6 +112,51 @@ impl Route {
         }
     }
 
+    /// The cluster of one request: `cluster`, or the split's cluster that `roll` (any
+    /// number; its remainder by 100 is the percentile) falls in.
+    pub fn cluster_for(&self, roll: u64) -> &str {
+        let mut percentile = roll % 100;
+        for share in &self.split {
+            if percentile < u64::from(share.weight) {
+                return &share.cluster;
+            }
+            percentile -= u64::from(share.weight);
+        }
+        &self.cluster
+    }
+
+    /// Why the route cannot be used: (field, reason).
+    ///
+    /// # Errors
+    /// Neither or both of `cluster` and `split`; a split whose weights do not add up to
+    /// 100, or that names a cluster twice or an empty one.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        match (self.cluster.is_empty(), self.split.is_empty()) {
+            (true, true) => return Err(("cluster", "a cluster or a split is needed".into())),
+            (false, false) => {
+                return Err(("split", "give either cluster or split, not both".into()));
+            }
+            (false, true) => return Ok(()),
+            (true, false) => {}
+        }
+        let total: u64 = self.split.iter().map(|share| u64::from(share.weight)).sum();
+        if total != 100 {
+            return Err(("split", format!("the weights add up to {total}, not 100")));
+        }
+        for (index, share) in self.split.iter().enumerate() {
+            if share.cluster.is_empty() {
+                return Err(("split", format!("entry {index} names no cluster")));
+            }
+            if self.split[..index]
+                .iter()
+                .any(|other| other.cluster == share.cluster)
+            {
+                return Err(("split", format!("{:?} appears twice", share.cluster)));
+            }
+        }
+        Ok(())
+    }
+
     /// A prefix route to `cluster` with the defaults.
     pub fn prefix(prefix: &str, cluster: &str) -> Self {
         Self {
@@ -104,6 +165,7 @@ impl Route {
             headers: Vec::new(),
             grpc: None,
             cluster: cluster.to_owned(),
+            split: Vec::new(),
             timeout: default_timeout(),
             retry: RetryPolicy::default(),
             auth: None,
@@ -243,6 +305,57 @@ mod tests {
             ),
             None
         );
+    }
+
+    fn split(shares: &[(&str, u32)]) -> Route {
+        Route {
+            split: shares
+                .iter()
+                .map(|(cluster, weight)| WeightedCluster {
+                    cluster: (*cluster).to_owned(),
+                    weight: *weight,
+                })
+                .collect(),
+            ..Route::prefix("/api", "")
+        }
+    }
+
+    #[test]
+    fn a_split_sends_each_percentile_to_its_cluster() {
+        let route = split(&[("stable", 90), ("canary", 10), ("dark", 0)]);
+        route.validate().unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for roll in 0..1000_u64 {
+            *counts.entry(route.cluster_for(roll)).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [("canary", 100), ("stable", 900)]
+        );
+        assert_eq!(route.cluster_for(u64::MAX), "stable"); // 15 % 100
+        assert_eq!(Route::prefix("/", "one").cluster_for(7), "one");
+    }
+
+    #[test]
+    fn bad_splits_are_refused_by_name() {
+        let refused = |route: Route| route.validate().unwrap_err();
+        assert_eq!(
+            refused(split(&[("stable", 90), ("canary", 20)])),
+            ("split", "the weights add up to 110, not 100".to_owned())
+        );
+        assert_eq!(
+            refused(split(&[("stable", 50), ("stable", 50)])).1,
+            "\"stable\" appears twice"
+        );
+        assert_eq!(refused(split(&[("", 100)])).1, "entry 0 names no cluster");
+        assert_eq!(refused(Route::prefix("/", "")).0, "cluster");
+        let both = Route {
+            cluster: "x".into(),
+            ..split(&[("stable", 100)])
+        };
+        assert_eq!(refused(both).0, "split");
+        // Weights near u32::MAX do not wrap around to 100.
+        assert_eq!(refused(split(&[("a", u32::MAX), ("b", 101)])).0, "split");
     }
 
     #[test]

@@ -470,3 +470,52 @@ async fn http_requests_reach_the_upstream_by_its_own_name() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_sends_each_cluster_its_share() {
+    let (stable, _stable) = upstream("stable");
+    let (canary, _canary) = upstream("canary");
+    let dir = tempfile::tempdir().unwrap();
+    let route = Route {
+        split: vec![
+            proxy_gateway::route::WeightedCluster {
+                cluster: "engine-stable".into(),
+                weight: 80,
+            },
+            proxy_gateway::route::WeightedCluster {
+                cluster: "engine-canary".into(),
+                weight: 20,
+            },
+        ],
+        ..Route::prefix("/omnimesh.engine.v1.", "")
+    };
+    let (server, admin) = gateway(
+        dir.path(),
+        BTreeMap::from([
+            ("engine-stable".to_owned(), vec![stable.to_string()]),
+            ("engine-canary".to_owned(), vec![canary.to_string()]),
+        ]),
+        Some(vec![route]),
+    )
+    .await;
+    let mut client = EngineClient::new(server.channel().await);
+
+    const CALLS: u32 = 2000;
+    let mut seen = BTreeMap::<String, u32>::new();
+    for _ in 0..CALLS {
+        *seen
+            .entry(echo(&mut client, b"split").await.unwrap())
+            .or_default() += 1;
+    }
+    // 20 % of 2,000 is 400 with a standard deviation of 18: ±60 is more than 3 of them.
+    let canary_calls = seen.get("canary").copied().unwrap_or_default();
+    assert_eq!(seen.values().sum::<u32>(), CALLS, "{seen:?}");
+    assert!(
+        (340..=460).contains(&canary_calls),
+        "canary took {canary_calls} of {CALLS}: {seen:?}"
+    );
+    // The metrics say which cluster served.
+    let text = metrics(admin).await;
+    assert!(text.contains("cluster=\"engine-canary\""), "{text}");
+    assert!(text.contains("cluster=\"engine-stable\""), "{text}");
+}
