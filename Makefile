@@ -9,7 +9,7 @@ VENV := .venv
 # timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: promtool all build release run test test-rust test-stock-client chart-lint manifests validate eval-nl bench-nl bench-engine bench-controller bench-gateway fuzz-nl fuzz-engine fmt fmt-check lint clean help
+.PHONY: promtool all build release run test test-rust test-stock-client chart-lint manifests validate eval-nl bench-nl bench-engine bench-controller bench-gateway fuzz-nl fuzz-engine fuzz-gateway fmt fmt-check lint clean help
 
 all: build
 
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-gateway       proxy-gateway against the real Envoy and nginx, same run, ratios"
 	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
 	@echo "make fuzz-engine         fuzz core-engine's ciphertext parsing and Analyze input"
+	@echo "make fuzz-gateway        fuzz proxy-gateway's configuration and route matching"
 
 build:
 	$(CARGO) build --workspace --bins
@@ -148,6 +149,17 @@ fuzz-engine:
 	  (cd fuzz && $(CARGO) fuzz run --sanitizer none $$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \
 	done
+
+# proxy-gateway's configuration loading and route matching, for FUZZ_SECONDS.
+fuzz-gateway:
+	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	mkdir -p fuzz/corpus/gateway_routes
+	printf '%s\n' 'POST /omnimesh.engine.v1.Engine/Echo x-variant=b' '[[proxy-gateway.routes]]' \
+	  'match = { prefix = "/omnimesh.engine.v1." }' 'headers = [["x-variant", "b"]]' \
+	  'split = [{ cluster = "stable", weight = 90 }, { cluster = "canary", weight = 10 }]' \
+	  > fuzz/corpus/gateway_routes/seed-split
+	cd fuzz && $(CARGO) fuzz run --sanitizer none gateway_routes -- \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=2 -rss_limit_mb=1024 -print_final_stats=1
 
 fmt:
 	$(CARGO) fmt --all
