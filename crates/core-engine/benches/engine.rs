@@ -298,48 +298,37 @@ fn main() {
                 })
                 .await
             };
-            let item = |payload: &Vec<u8>| EncryptItem {
-                plaintext: payload.clone(),
-                ..EncryptItem::default()
+            // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
+            let encrypt_rate = |batch: usize, in_flight: usize| {
+                let items = vec![
+                    EncryptItem {
+                        plaintext: payload.clone(),
+                        ..EncryptItem::default()
+                    };
+                    batch
+                ];
+                let client = client.clone();
+                rpc_rate(window, in_flight, move || {
+                    let (mut client, items) = (client.clone(), items.clone());
+                    async move {
+                        client
+                            .encrypt(EncryptRequest {
+                                key_name: "bench".into(),
+                                key_version: 0,
+                                items,
+                            })
+                            .await
+                            .expect("encrypt");
+                        batch as u64
+                    }
+                })
             };
-            let encrypt_1 = if !all_rpc {
-                f64::NAN
+            let encrypt_1 = if all_rpc {
+                encrypt_rate(1, 64).await
             } else {
-                let (client, items) = (client.clone(), vec![item(&payload)]);
-                rpc_rate(window, 64, move || {
-                    let (mut client, items) = (client.clone(), items.clone());
-                    async move {
-                        client
-                            .encrypt(EncryptRequest {
-                                key_name: "bench".into(),
-                                key_version: 0,
-                                items,
-                            })
-                            .await
-                            .expect("encrypt");
-                        1
-                    }
-                })
-                .await
+                f64::NAN
             };
-            let encrypt_64 = {
-                let (client, items) = (client.clone(), vec![item(&payload); 64]);
-                rpc_rate(window, 8, move || {
-                    let (mut client, items) = (client.clone(), items.clone());
-                    async move {
-                        client
-                            .encrypt(EncryptRequest {
-                                key_name: "bench".into(),
-                                key_version: 0,
-                                items,
-                            })
-                            .await
-                            .expect("encrypt");
-                        64
-                    }
-                })
-                .await
-            };
+            let encrypt_64 = encrypt_rate(64, 8).await;
             let _ = stop.send(());
             server.await.expect("server task").expect("server");
             (echo, encrypt_1, encrypt_64)
