@@ -36,6 +36,10 @@ pub struct Config {
     /// Largest request body forwarded, in bytes.
     #[serde(default = "default_max_request_body_bytes")]
     pub max_request_body_bytes: usize,
+    /// How long an HTTP/1.1 client may take to send a request's headers before the
+    /// connection is closed (slow-header attacks hold no connection longer).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: std::time::Duration,
     /// How tokens are checked on routes that require a role (the same keys as
     /// mesh-controller's).
     #[serde(default)]
@@ -52,6 +56,7 @@ impl Default for Config {
             routes: None,
             worker_threads: 0,
             max_request_body_bytes: default_max_request_body_bytes(),
+            header_read_timeout: default_header_read_timeout(),
             auth: AuthConfig::default(),
         }
     }
@@ -77,6 +82,10 @@ impl Default for Upstreams {
             clusters: BTreeMap::new(),
         }
     }
+}
+
+fn default_header_read_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 fn default_max_request_body_bytes() -> usize {
@@ -149,6 +158,12 @@ impl ServiceConfig for Config {
                 Invalid::new(format!("routes[{index}].{field}"), reason)
             })?;
         }
+        if self.header_read_timeout.is_zero() {
+            return Err(Invalid::new(
+                "header_read_timeout",
+                "must be longer than 0 s",
+            ));
+        }
         if self.max_request_body_bytes == 0 {
             return Err(Invalid::new("max_request_body_bytes", "must be at least 1"));
         }
@@ -186,6 +201,20 @@ mod tests {
     use omnimesh_common::config::{Sources, load_from};
 
     use super::*;
+
+    #[test]
+    fn header_read_timeout_must_be_positive() {
+        let sources = Sources::new().with_env("OMNIMESH_PROXY_GATEWAY__HEADER_READ_TIMEOUT", "0s");
+        let error = load_from::<Config>(&sources).unwrap_err();
+        assert_eq!(error.key, "proxy-gateway.header_read_timeout");
+        let sources =
+            Sources::new().with_env("OMNIMESH_PROXY_GATEWAY__HEADER_READ_TIMEOUT", "250ms");
+        let config = load_from::<Config>(&sources).unwrap();
+        assert_eq!(
+            config.header_read_timeout,
+            std::time::Duration::from_millis(250)
+        );
+    }
 
     #[test]
     fn a_bad_split_is_refused_naming_the_route() {

@@ -67,6 +67,7 @@ pub struct App {
     proxy: Arc<proxy::Proxy>,
     health: tonic_health::server::HealthReporter,
     drain: std::time::Duration,
+    header_read_timeout: std::time::Duration,
     admin: GrpcServer,
     _sources: Sources,
 }
@@ -188,6 +189,7 @@ impl App {
             proxy,
             health,
             drain: config.server.drain_timeout,
+            header_read_timeout: config.header_read_timeout,
             admin,
             _sources: Sources {
                 _registry: registry,
@@ -228,7 +230,11 @@ impl App {
                         .set_service_status("", tonic_health::ServingStatus::NotServing)
                         .await;
                 };
-                proxy::serve(listeners.http, Arc::clone(&self.proxy), stop, self.drain)
+                let limits = proxy::ConnectionLimits {
+                    drain: self.drain,
+                    header_read_timeout: self.header_read_timeout,
+                };
+                proxy::serve(listeners.http, Arc::clone(&self.proxy), stop, limits)
                     .await
                     .map_err(Error::DataPlane)
             },

@@ -793,8 +793,17 @@ impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
     }
 }
 
+/// Time limits of the data plane's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// How long open connections may finish after shutdown starts.
+    pub drain: Duration,
+    /// How long an HTTP/1.1 client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+}
+
 /// Accepts on `listener` until `shutdown` resolves, then lets open connections finish
-/// for at most `drain`.
+/// for at most `limits.drain`.
 ///
 /// # Errors
 /// Never for a failed connection (it is logged); only when accepting fails for good.
@@ -802,8 +811,12 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
+    let ConnectionLimits {
+        drain,
+        header_read_timeout,
+    } = limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
@@ -812,7 +825,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(header_read_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -1,4 +1,5 @@
 //! proxy-gateway integration tests: the real server in-process on 127.0.0.1:0.
 
+mod hostile;
 mod proxy;
 mod serving;
