@@ -66,7 +66,8 @@ SHARED ?= ../shared
 VALIDATE = $(VENV)/bin/python $(SHARED)/tools/validate-deploy
 CHECKS = --check-refs --promql
 # The Prometheus Operator's CRD is not among the shared schemas: its ServiceMonitor (on in
-# the production values) is reported as SKIP with that reason; tests/deploy checks its ports.
+# ci/servicemonitor-values.yaml) is reported as SKIP with that reason; tests/deploy checks
+# its ports.
 NO_SERVICEMONITOR_SCHEMA = --allow-kind monitoring.coreos.com/ServiceMonitor
 
 $(VENV)/.deploy: $(SHARED)/tools/requirements-deploy.txt tests/deploy/requirements.txt
@@ -79,16 +80,16 @@ promtool:
 
 chart-lint: $(VENV)/.deploy
 	$(VALIDATE) helm/omnimesh --strict-lint -q
-	$(VALIDATE) helm/omnimesh -f helm/omnimesh/values-production.yaml --strict-lint -q $(NO_SERVICEMONITOR_SCHEMA)
-	for values in helm/omnimesh/ci/*.yaml; do $(VALIDATE) helm/omnimesh -f $$values --strict-lint -q || exit 1; done
+	$(VALIDATE) helm/omnimesh -f helm/omnimesh/values-production.yaml --strict-lint -q
+	for values in helm/omnimesh/ci/*.yaml; do $(VALIDATE) helm/omnimesh -f $$values --strict-lint -q $(NO_SERVICEMONITOR_SCHEMA) || exit 1; done
 
 manifests: $(VENV)/.deploy
 	$(VENV)/bin/python tests/deploy/manifests.py
 
 validate: $(VENV)/.deploy promtool
 	$(VALIDATE) helm/omnimesh $(CHECKS) --strict-lint
-	$(VALIDATE) helm/omnimesh -f helm/omnimesh/values-production.yaml $(CHECKS) --strict-lint $(NO_SERVICEMONITOR_SCHEMA)
-	for values in helm/omnimesh/ci/*.yaml; do $(VALIDATE) helm/omnimesh -f $$values $(CHECKS) --strict-lint -q || exit 1; done
+	$(VALIDATE) helm/omnimesh -f helm/omnimesh/values-production.yaml $(CHECKS) --strict-lint
+	for values in helm/omnimesh/ci/*.yaml; do $(VALIDATE) helm/omnimesh -f $$values $(CHECKS) --strict-lint $(NO_SERVICEMONITOR_SCHEMA) || exit 1; done
 	$(VALIDATE) istio $(CHECKS)
 	$(VALIDATE) argo-rollouts $(CHECKS)
 	$(VALIDATE) k8s $(CHECKS)

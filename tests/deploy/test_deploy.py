@@ -33,6 +33,7 @@ VALUE_SETS = {
     "istio ci": (manifests.load_values("ci/istio-values.yaml"), "omnimesh"),
     "blue-green ci": (manifests.load_values("ci/bluegreen-values.yaml"), "omnimesh-bluegreen"),
     "no istio": ({"istio": {"enabled": False}, "networkPolicy": {"enabled": False}}, "omnimesh"),
+    "servicemonitor ci": (manifests.load_values("ci/servicemonitor-values.yaml"), "omnimesh"),
 }
 
 
@@ -170,7 +171,8 @@ class RenderedChart(unittest.TestCase):
             self.assertGreater(bg["scaleDownDelaySeconds"], 0)
 
     def test_service_monitor_scrapes_ports_the_services_have(self):
-        docs = self.rendered["production"]
+        self.assertFalse([d for d in self.rendered["production"] if d["kind"] == "ServiceMonitor"])
+        docs = self.rendered["servicemonitor ci"]
         (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
         selector = monitor["spec"]["selector"]["matchLabels"]
         services = [d for d in docs if d["kind"] == "Service"
