@@ -17,6 +17,8 @@
 //!   gets `RESOURCE_EXHAUSTED` / 413 at once, an undeclared one is cut at the limit.
 //! - Hop-by-hop headers are dropped; `x-forwarded-for`, `-proto` and `-host` are set.
 //! - `grpc.health.v1.Health` is answered by the gateway itself.
+//! - gRPC-Web is translated to gRPC (tonic-web) before routing; WebSocket upgrades are
+//!   forwarded and, after the upstream's `101`, tunnelled byte for byte.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -147,6 +149,16 @@ fn http_error(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
+/// Any body as the proxy's [`Body`].
+fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(|error| -> BoxError { error.into() })
+        .boxed_unsync()
+}
+
 fn empty() -> Body {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
@@ -214,6 +226,53 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Sets `x-forwarded-for` (appending the client to a chain), `-proto` and `-host`.
+fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr) {
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {}", remote.ip()),
+        None => remote.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// Whether the request asks to switch protocols (a WebSocket handshake): HTTP/1.1 with
+/// `Connection: upgrade` and an `Upgrade` header.
+fn is_upgrade(request: &Request<Body>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether the request is gRPC-Web (`application/grpc-web`, `-web+proto`, `-web-text`).
+pub fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc-web"))
+}
+
+/// The URI of `path_and_query` on `address`.
+fn upstream_uri(address: &str, parts: &http::request::Parts) -> Option<Uri> {
+    format!(
+        "http://{address}{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    )
+    .parse()
+    .ok()
+}
+
 /// The request body: buffered (retryable), streamed (once), or already sent.
 enum Prepared {
     Buffered(Bytes, Option<HeaderMap>),
@@ -250,7 +309,7 @@ pin_project_lite::pin_project! {
     /// the failure it causes upstream can be answered as `RESOURCE_EXHAUSTED`.
     struct Capped {
         #[pin]
-        inner: http_body_util::Limited<Incoming>,
+        inner: http_body_util::Limited<Body>,
         cut: Arc<std::sync::atomic::AtomicBool>,
     }
 }
@@ -350,7 +409,7 @@ impl Proxy {
     /// Handles one downstream request, and records it in the metrics.
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<Body>,
         remote: SocketAddr,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
@@ -389,7 +448,7 @@ impl Proxy {
 
     async fn route_request(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<Body>,
         remote: SocketAddr,
         labels: &mut RequestLabels,
     ) -> Response<Body> {
@@ -397,7 +456,12 @@ impl Proxy {
         let path = request.uri().path().to_owned();
         if grpc && path.starts_with("/grpc.health.v1.Health/") {
             use tower::ServiceExt as _;
-            return match self.health.clone().oneshot(request).await {
+            return match self
+                .health
+                .clone()
+                .oneshot(request.map(tonic::body::Body::new))
+                .await
+            {
                 Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
                 Err(never) => match never {},
             };
@@ -447,6 +511,9 @@ impl Proxy {
                 "request refused"
             );
             return fail(code, status, &message);
+        }
+        if !grpc && is_upgrade(&request) {
+            return self.tunnel(request, cluster, remote, route.timeout).await;
         }
         let deadline = grpc_timeout(request.headers())
             .map_or(route.timeout, |timeout| timeout.min(route.timeout));
@@ -513,23 +580,7 @@ impl Proxy {
             Prepared::Streamed(body.boxed_unsync())
         };
         strip_hop_by_hop(&mut parts.headers);
-        let forwarded_for = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(previous) => format!("{previous}, {}", remote.ip()),
-            None => remote.ip().to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            parts.headers.insert("x-forwarded-for", value);
-        }
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        if let Some(host) = parts.headers.get(header::HOST).cloned() {
-            parts.headers.insert("x-forwarded-host", host);
-        }
+        set_forwarded(&mut parts.headers, remote);
         self.budget.deposit();
 
         let attempt = async {
@@ -559,14 +610,9 @@ impl Proxy {
                     );
                 };
                 let mut upstream = Request::from_parts(parts.clone(), body);
-                let target = format!(
-                    "http://{}{}",
-                    backend.endpoint.address,
-                    parts.uri.path_and_query().map_or("/", |p| p.as_str())
-                );
-                match target.parse::<Uri>() {
-                    Ok(uri) => *upstream.uri_mut() = uri,
-                    Err(_) => {
+                match upstream_uri(&backend.endpoint.address, &parts) {
+                    Some(uri) => *upstream.uri_mut() = uri,
+                    None => {
                         return fail(
                             tonic::Code::Internal,
                             StatusCode::BAD_GATEWAY,
@@ -673,6 +719,95 @@ impl Proxy {
                 "deadline exceeded before the upstream answered",
             ),
         }
+    }
+}
+
+impl Proxy {
+    /// Forwards a protocol switch (a WebSocket handshake) to one endpoint of `cluster`
+    /// and, once the upstream answers `101 Switching Protocols`, joins the two upgraded
+    /// connections byte for byte until either side closes. The handshake gets
+    /// `timeout`; the tunnel none. An upstream that declines the switch is answered as
+    /// it answered.
+    async fn tunnel(
+        &self,
+        mut request: Request<Body>,
+        cluster: &str,
+        remote: SocketAddr,
+        timeout: Duration,
+    ) -> Response<Body> {
+        let balancers = Arc::clone(&self.balancers.borrow());
+        let Some(backend) = balancers.pick(cluster, &[]) else {
+            return http_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no healthy endpoint for {cluster}"),
+            );
+        };
+        let downstream = hyper::upgrade::on(&mut request);
+        let (mut parts, body) = request.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        set_forwarded(&mut parts.headers, remote);
+        if let Some(protocol) = protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let Some(uri) = upstream_uri(&backend.endpoint.address, &parts) else {
+            return http_error(StatusCode::BAD_GATEWAY, "bad upstream address");
+        };
+        if let Some(authority) = uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, authority);
+        }
+        parts.uri = uri;
+        let guard = backend.start();
+        let sent = tokio::time::timeout(timeout, self.h1.request(Request::from_parts(parts, body)));
+        let mut response = match sent.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                if error.is_connect() {
+                    backend.unreachable();
+                }
+                tracing::debug!(%error, endpoint = %backend.endpoint.id, "upgrade failed");
+                return http_error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upstream {} failed", backend.endpoint.id),
+                );
+            }
+            Err(_) => {
+                return http_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer the upgrade in time",
+                );
+            }
+        };
+        backend.answered();
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(response.headers_mut());
+            return response.map(boxed);
+        }
+        let upstream = hyper::upgrade::on(&mut response);
+        let endpoint = backend.endpoint.id.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            match tokio::try_join!(downstream, upstream) {
+                Ok((downstream, upstream)) => {
+                    let mut downstream = TokioIo::new(downstream);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(error) =
+                        tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+                    {
+                        tracing::debug!(%error, %endpoint, "tunnel ended with an error");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, %endpoint, "upgrade did not complete"),
+            }
+        });
+        // The 101 keeps its `Connection` and `Upgrade` headers: they are the answer.
+        response.map(|_| empty())
     }
 }
 
@@ -793,6 +928,31 @@ impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
     }
 }
 
+/// A gRPC-Web call: translated to gRPC by tonic-web (base64 text or binary, trailers
+/// carried in the body on the way back), then routed like any gRPC call, so the same
+/// routes, auth, metrics and retries apply.
+async fn grpc_web(proxy: Arc<Proxy>, request: Request<Body>, remote: SocketAddr) -> Response<Body> {
+    use tower::{Layer as _, ServiceExt as _};
+    // tonic's own body type on both sides of the translation keeps the trait bounds
+    // free of higher-ranked lifetimes.
+    let inner = tower::service_fn(move |request: Request<tonic::body::Body>| {
+        let proxy = Arc::clone(&proxy);
+        async move {
+            let response = proxy.handle(request.map(boxed), remote).await;
+            Ok::<_, Infallible>(response.map(tonic::body::Body::new))
+        }
+    });
+    let request = request.map(tonic::body::Body::new);
+    match tonic_web::GrpcWebLayer::new()
+        .layer(inner)
+        .oneshot(request)
+        .await
+    {
+        Ok(response) => response.map(boxed),
+        Err(never) => match never {},
+    }
+}
+
 /// Time limits of the data plane's connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -843,9 +1003,16 @@ pub async fn serve(
                 let connections = proxy.metrics.connections.clone();
                 connections.inc();
                 let proxy = Arc::clone(&proxy);
-                let service = hyper::service::service_fn(move |request| {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let proxy = Arc::clone(&proxy);
-                    async move { Ok::<_, Infallible>(proxy.handle(request, remote).await) }
+                    async move {
+                        let request = request.map(boxed);
+                        Ok::<_, Infallible>(if is_grpc_web(request.headers()) {
+                            grpc_web(proxy, request, remote).await
+                        } else {
+                            proxy.handle(request, remote).await
+                        })
+                    }
                 });
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
