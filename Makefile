@@ -28,7 +28,7 @@ help:
 	@echo "make bench-gateway       proxy-gateway against the real Envoy and nginx, same run, ratios"
 	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
 	@echo "make fuzz-engine         fuzz core-engine's ciphertext parsing and Analyze input"
-	@echo "make fuzz-gateway        fuzz proxy-gateway's configuration and route matching"
+	@echo "make fuzz-gateway        fuzz proxy-gateway's configuration, route matching and endpoints file"
 
 build:
 	$(CARGO) build --workspace --bins
@@ -151,16 +151,23 @@ fuzz-engine:
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \
 	done
 
-# proxy-gateway's configuration loading and route matching, for FUZZ_SECONDS.
+# proxy-gateway's configuration loading, route matching and endpoints file, for
+# FUZZ_SECONDS each.
 fuzz-gateway:
 	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
-	mkdir -p fuzz/corpus/gateway_routes
-	printf '%s\n' 'POST /omnimesh.engine.v1.Engine/Echo x-variant=b' '[[proxy-gateway.routes]]' \
-	  'match = { prefix = "/omnimesh.engine.v1." }' 'headers = [["x-variant", "b"]]' \
-	  'split = [{ cluster = "stable", weight = 90 }, { cluster = "canary", weight = 10 }]' \
+	mkdir -p fuzz/corpus/gateway_routes fuzz/corpus/gateway_endpoints
+	printf '%s\n' 'POST /omnimesh.engine.v1.Engine/Echo x-variant=b host=api.example.com' '[[proxy-gateway.routes]]' \
+	  'match = { prefix = "/omnimesh.engine.v1." }' 'hosts = ["*.example.com"]' 'headers = [["x-variant", "b"]]' \
+	  'split = [{ cluster = "e", subset = "stable", weight = 90 }, { cluster = "e", subset = "canary", weight = 10 }]' \
+	  '[[proxy-gateway.routes]]' 'match = { regex = "/items/[0-9]+" }' 'cluster = "web"' \
 	  > fuzz/corpus/gateway_routes/seed-split
-	cd fuzz && $(CARGO) fuzz run --sanitizer none gateway_routes -- \
-	  -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=2 -rss_limit_mb=1024 -print_final_stats=1
+	printf '%s\n' '[[clusters.core-engine]]' 'address = "10.0.0.5:50051"' 'subset = "stable"' \
+	  '[[clusters.core-engine]]' 'address = "[::1]:50051"' 'weight = 5' 'healthy = false' \
+	  > fuzz/corpus/gateway_endpoints/seed
+	for target in gateway_routes gateway_endpoints; do \
+	  (cd fuzz && $(CARGO) fuzz run --sanitizer none $$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=2 -rss_limit_mb=1024 -print_final_stats=1) || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

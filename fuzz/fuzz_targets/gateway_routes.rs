@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
     for grpc in [false, true] {
         let facts = RequestFacts {
             method,
+            host: lookup("host"),
             grpc,
             path,
             header: &lookup,
@@ -58,8 +59,14 @@ fuzz_target!(|data: &[u8]| {
             let matched = match &route.path {
                 PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
                 PathMatch::Exact(exact) => path == exact,
+                PathMatch::Regex(pattern) => pattern.is_full_match(path),
             };
             assert!(matched, "{route:?} selected for {path}");
+            assert!(route.mismatch(&facts).is_none());
+            // Explain agrees with select.
+            let (explained, steps) = table.explain(facts);
+            assert_eq!(explained.map(|r| r.name()), Some(route.name()));
+            assert!(steps.last().is_some_and(|step| step.ends_with("matches")));
             assert!(route.grpc.is_none_or(|g| g == grpc));
         }
     }

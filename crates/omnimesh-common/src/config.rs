@@ -76,6 +76,8 @@ pub struct Sources {
     file: Option<PathBuf>,
     /// Set when the file was named explicitly, so a missing file is an error.
     file_named_by: Option<String>,
+    /// TOML given as text (an admin API's body), read instead of a file: (origin, text).
+    text: Option<(String, String)>,
     env: Vec<(String, String)>,
 }
 
@@ -115,6 +117,19 @@ impl Sources {
         self
     }
 
+    /// Reads `text` as the TOML file, naming `origin` in errors (`admin API`); a file,
+    /// if one was set, is not read.
+    pub fn with_toml(mut self, origin: impl Into<String>, text: impl Into<String>) -> Self {
+        self.text = Some((origin.into(), text.into()));
+        self
+    }
+
+    /// The same file and text without any environment variable.
+    pub fn without_env(mut self) -> Self {
+        self.env.clear();
+        self
+    }
+
     /// Adds an environment variable, as if it were set in the process.
     pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((name.into(), value.into()));
@@ -129,7 +144,14 @@ impl Sources {
     /// The merged file and environment, without any service's defaults.
     fn figment(&self) -> Result<Figment, Error> {
         let mut figment = Figment::new();
-        if let Some(path) = &self.file {
+        if let Some((origin, text)) = &self.text {
+            let toml = Named {
+                inner: Toml::string(text),
+                origin: origin.clone(),
+            };
+            check_sections(origin, &toml)?;
+            figment = figment.merge(toml);
+        } else if let Some(path) = &self.file {
             if !path.is_file() {
                 return Err(Error {
                     key: self
@@ -141,7 +163,7 @@ impl Sources {
                 });
             }
             let toml = Toml::file_exact(path);
-            check_sections(path, &toml)?;
+            check_sections(&path.display().to_string(), &toml)?;
             figment = figment.merge(toml);
         }
         Ok(figment.merge(EnvVars::parse(&self.env)?))
@@ -210,7 +232,7 @@ pub fn peek<T: DeserializeOwned>(
 
 /// Rejects top-level tables other than the four services, so a typo in a section name
 /// is an error rather than a silently ignored block.
-fn check_sections(path: &Path, toml: &impl Provider) -> Result<(), Error> {
+fn check_sections(origin: &str, toml: &impl Provider) -> Result<(), Error> {
     // A file that does not parse is reported later, with its line, by `extract`.
     let Ok(data) = toml.data() else {
         return Ok(());
@@ -220,14 +242,14 @@ fn check_sections(path: &Path, toml: &impl Provider) -> Result<(), Error> {
             if !SERVICES.contains(&section.as_str()) {
                 return Err(Error {
                     key: section.clone(),
-                    origin: path.display().to_string(),
+                    origin: origin.to_owned(),
                     reason: format!("unknown section, expected one of {}", SERVICES.join(", ")),
                 });
             }
             if !matches!(value, Value::Dict(..)) {
                 return Err(Error {
                     key: section.clone(),
-                    origin: path.display().to_string(),
+                    origin: origin.to_owned(),
                     reason: format!("must be a table (`[{section}]`)"),
                 });
             }
@@ -299,6 +321,9 @@ fn one_line(message: &str) -> String {
 /// Where the value at `key` came from, in words: a file path, an environment variable,
 /// or the defaults.
 fn origin(metadata: &Metadata, key: &str) -> String {
+    if let Some(figment::Source::Custom(origin)) = &metadata.source {
+        return origin.clone();
+    }
     if let Some(path) = metadata
         .source
         .as_ref()
@@ -314,6 +339,25 @@ fn origin(metadata: &Metadata, key: &str) -> String {
         );
     }
     "defaults".to_owned()
+}
+
+/// A provider whose values report `origin` (such as `admin API`) as where they came from.
+struct Named<P> {
+    inner: P,
+    origin: String,
+}
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::from(
+            self.origin.clone(),
+            figment::Source::Custom(self.origin.clone()),
+        )
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
 }
 
 /// `OMNIMESH_<SERVICE>__<SECTION>__<KEY>=value` variables as a figment provider.

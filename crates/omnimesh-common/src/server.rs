@@ -146,6 +146,7 @@ pub struct GrpcServerBuilder {
     reflection: bool,
     metrics: Option<Metrics>,
     message_limit_key: Option<&'static str>,
+    http_routes: Option<axum::Router>,
 }
 
 impl GrpcServerBuilder {
@@ -193,6 +194,13 @@ impl GrpcServerBuilder {
         self
     }
 
+    /// Serves these HTTP routes on the same port too (beside `/healthz`, `/readyz` and
+    /// `/metrics`, which need [`admin_http`](Self::admin_http)).
+    pub fn http_routes(mut self, routes: axum::Router) -> Self {
+        self.http_routes = Some(routes);
+        self
+    }
+
     /// Builds the server.
     ///
     /// # Errors
@@ -229,11 +237,14 @@ impl GrpcServerBuilder {
                     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
                 ]);
                 let grpc_metrics = GrpcMetrics::register(&mut metrics, method_paths(&sets, &names));
-                let router = admin_router(
+                let mut router = admin_router(
                     self.routes.routes().into_axum_router(),
                     Arc::new(metrics),
                     readiness.clone(),
                 );
+                if let Some(extra) = self.http_routes.take() {
+                    router = router.merge(extra);
+                }
                 (Routes::from(router), GrpcMetricsLayer::new(grpc_metrics))
             }
             None => (self.routes.routes(), GrpcMetricsLayer::disabled()),
@@ -275,6 +286,7 @@ impl GrpcServer {
             reflection: false,
             metrics: None,
             message_limit_key: None,
+            http_routes: None,
         }
     }
 

@@ -47,6 +47,18 @@ impl Backend {
         })
     }
 
+    /// Ejections in a row (0 once it answers again).
+    pub fn consecutive_ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Until when it is ejected, if it is now.
+    pub fn ejected_until(&self) -> Option<std::time::SystemTime> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let now = now_ms();
+        (until > now).then(|| std::time::SystemTime::now() + Duration::from_millis(until - now))
+    }
+
     /// Whether the endpoint is ejected now.
     pub fn ejected(&self) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now_ms()
@@ -94,7 +106,8 @@ impl Drop for InFlight {
 /// Every cluster's backends.
 #[derive(Debug, Default)]
 pub struct Balancers {
-    clusters: HashMap<String, Vec<Arc<Backend>>>,
+    /// Cluster → (where its endpoints come from, its backends).
+    clusters: HashMap<String, (&'static str, Vec<Arc<Backend>>)>,
 }
 
 /// A random number (fresh `RandomState` keys: cheap, good enough to spread load).
@@ -113,7 +126,7 @@ impl Balancers {
             let old: BTreeMap<&str, &Arc<Backend>> = previous
                 .clusters
                 .get(cluster)
-                .map(|backends| {
+                .map(|(_, backends)| {
                     backends
                         .iter()
                         .map(|backend| (backend.endpoint.id.as_str(), backend))
@@ -128,7 +141,7 @@ impl Balancers {
                     _ => Backend::new(endpoint.clone()),
                 })
                 .collect();
-            clusters.insert(cluster.clone(), backends);
+            clusters.insert(cluster.clone(), (set.source, backends));
         }
         Self { clusters }
     }
@@ -136,10 +149,22 @@ impl Balancers {
     /// Picks a healthy backend of `cluster` not in `tried`, avoiding ejected ones: the
     /// less loaded of two random candidates (by in-flight requests per unit of weight).
     pub fn pick(&self, cluster: &str, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        self.pick_in(cluster, "", tried)
+    }
+
+    /// [`pick`](Self::pick) among the endpoints of `subset` only (any when empty).
+    pub fn pick_in(
+        &self,
+        cluster: &str,
+        subset: &str,
+        tried: &[Arc<Backend>],
+    ) -> Option<Arc<Backend>> {
         let usable: Vec<&Arc<Backend>> = self
             .clusters
             .get(cluster)?
+            .1
             .iter()
+            .filter(|backend| subset.is_empty() || backend.endpoint.subset == subset)
             .filter(|backend| backend.endpoint.healthy && backend.endpoint.weight > 0)
             .filter(|backend| !tried.iter().any(|t| Arc::ptr_eq(t, backend)))
             .collect();
@@ -173,9 +198,18 @@ impl Balancers {
         }
     }
 
+    /// Every cluster's backends, by cluster name.
+    pub fn clusters(&self) -> impl Iterator<Item = (&str, &'static str, &[Arc<Backend>])> {
+        self.clusters
+            .iter()
+            .map(|(name, (source, backends))| (name.as_str(), *source, backends.as_slice()))
+    }
+
     /// How many endpoints `cluster` has (healthy or not).
     pub fn size(&self, cluster: &str) -> usize {
-        self.clusters.get(cluster).map_or(0, Vec::len)
+        self.clusters
+            .get(cluster)
+            .map_or(0, |(_, backends)| backends.len())
     }
 }
 
@@ -201,6 +235,7 @@ mod tests {
             EndpointSet {
                 endpoints,
                 revision: 1,
+                source: "static",
             },
         )])
     }
@@ -274,6 +309,7 @@ mod tests {
             &sets(vec![endpoint("a", 100, true), endpoint("bb", 100, true)]),
         );
         let again = second.clusters["svc"]
+            .1
             .iter()
             .find(|b| b.endpoint.id == "a")
             .unwrap();

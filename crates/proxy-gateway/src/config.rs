@@ -44,6 +44,14 @@ pub struct Config {
     /// mesh-controller's).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Whether the admin API's changes (`ApplyConfig`, `SetRouteWeights`, `POST
+    /// /config`) need an `admin` token; reading never does.
+    #[serde(default = "default_true")]
+    pub admin_requires_token: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for Config {
@@ -58,6 +66,7 @@ impl Default for Config {
             max_request_body_bytes: default_max_request_body_bytes(),
             header_read_timeout: default_header_read_timeout(),
             auth: AuthConfig::default(),
+            admin_requires_token: true,
         }
     }
 }
@@ -69,10 +78,14 @@ pub struct Upstreams {
     /// mesh-controller, whose registry's endpoint sets feed the clusters (`""`: none).
     #[serde(default = "default_registry")]
     pub registry: String,
-    /// Static clusters: name → `host:port` endpoints; a cluster the registry also has
-    /// is taken from the registry.
+    /// Static clusters: name → `host:port` endpoints; a cluster the endpoints file or
+    /// the registry also has is taken from there.
     #[serde(default)]
     pub clusters: BTreeMap<String, Vec<String>>,
+    /// A TOML file of clusters' endpoints (address, weight, subset, healthy), watched:
+    /// its edits apply without a restart (`""`: none).
+    #[serde(default)]
+    pub endpoints_file: String,
 }
 
 impl Default for Upstreams {
@@ -80,6 +93,7 @@ impl Default for Upstreams {
         Self {
             registry: default_registry(),
             clusters: BTreeMap::new(),
+            endpoints_file: String::new(),
         }
     }
 }
@@ -189,6 +203,7 @@ impl Config {
             upstreams: Upstreams {
                 registry: String::new(),
                 clusters: BTreeMap::new(),
+                endpoints_file: String::new(),
             },
             auth: AuthConfig::for_test(dir),
             ..Self::default()

@@ -9,6 +9,9 @@ pub enum Error {
     /// The registry address is unusable.
     #[error("upstreams.registry: {0}")]
     Registry(String),
+    /// The endpoints or configuration file cannot be read or watched.
+    #[error("upstreams.endpoints_file: {0}")]
+    Endpoints(String),
     /// The token keys could not be loaded or created.
     #[error("auth keys: {0}")]
     Auth(String),

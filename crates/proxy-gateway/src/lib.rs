@@ -12,6 +12,8 @@
 pub mod balance;
 mod config;
 mod error;
+mod filewatch;
+pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
@@ -69,49 +71,40 @@ pub struct App {
     drain: std::time::Duration,
     header_read_timeout: std::time::Duration,
     admin: GrpcServer,
-    _sources: Sources,
+    live: Arc<live::Live>,
+    sources: Sources,
 }
 
-/// Keeps the endpoint sources (and the task merging them) alive with the app.
+/// The layers' sets merged, later layers' clusters replacing earlier ones'.
+fn merge(layers: &mut [watch::Receiver<Arc<upstream::Endpoints>>]) -> upstream::Endpoints {
+    let mut merged = upstream::Endpoints::new();
+    for layer in layers {
+        merged.extend(
+            layer
+                .borrow_and_update()
+                .iter()
+                .map(|(cluster, set)| (cluster.clone(), set.clone())),
+        );
+    }
+    merged
+}
+
+/// Keeps the endpoint sources, the task merging them and the config watcher alive
+/// with the app: dropping it stops them.
 struct Sources {
     _registry: Option<upstream::RegistrySource>,
-    _merge: tokio_util::sync::DropGuard,
-}
-
-/// Static clusters as endpoint sets.
-fn static_sets(config: &config::Upstreams) -> upstream::Endpoints {
-    config
-        .clusters
-        .iter()
-        .map(|(cluster, endpoints)| {
-            let endpoints = endpoints
-                .iter()
-                .map(|address| upstream::Endpoint {
-                    id: format!("{cluster}@{address}"),
-                    address: address.clone(),
-                    weight: 100,
-                    subset: String::new(),
-                    version: String::new(),
-                    healthy: true,
-                })
-                .collect();
-            (
-                cluster.clone(),
-                upstream::EndpointSet {
-                    endpoints,
-                    revision: 0,
-                },
-            )
-        })
-        .collect()
+    _file: Option<upstream::FileSource>,
+    stop: tokio_util::sync::CancellationToken,
+    _tasks: tokio_util::sync::DropGuard,
 }
 
 impl App {
     /// Assembles the gateway described by `config`.
     ///
     /// # Errors
-    /// When a server cannot be assembled.
+    /// When a server cannot be assembled, or the endpoints file cannot be read.
     pub async fn build(config: Config) -> Result<Self, Error> {
+        use upstream::EndpointSource as _;
         let registry = if config.upstreams.registry.is_empty() {
             None
         } else {
@@ -125,33 +118,40 @@ impl App {
                 .map_err(|error| Error::Registry(error.to_string()))?,
             )
         };
-        let statics = static_sets(&config.upstreams);
+        let file = if config.upstreams.endpoints_file.is_empty() {
+            None
+        } else {
+            Some(
+                upstream::FileSource::start(std::path::Path::new(&config.upstreams.endpoints_file))
+                    .map_err(Error::Endpoints)?,
+            )
+        };
+        let mut metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
+        let live = Arc::new(live::Live::new(config.clone(), metrics.registry_mut()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        // Static clusters (they change with the config), then the file's, then the
+        // registry's: a later source's cluster replaces an earlier one's.
+        let mut layers = vec![live.statics()];
+        layers.extend(file.as_ref().map(upstream::FileSource::endpoints));
+        layers.extend(registry.as_ref().map(upstream::RegistrySource::endpoints));
         let (balancers_tx, balancers) = watch::channel(Arc::new(balance::Balancers::rebuild(
             &balance::Balancers::default(),
-            &statics,
+            &merge(&mut layers),
         )));
-        let stop = tokio_util::sync::CancellationToken::new();
-        if let Some(registry) = &registry {
-            use upstream::EndpointSource as _;
-            let mut sets = registry.endpoints();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                loop {
-                    let mut merged = statics.clone();
-                    merged.extend(
-                        sets.borrow_and_update()
-                            .iter()
-                            .map(|(cluster, set)| (cluster.clone(), set.clone())),
-                    );
-                    let next = balance::Balancers::rebuild(&balancers_tx.borrow(), &merged);
-                    balancers_tx.send_replace(Arc::new(next));
-                    tokio::select! {
-                        changed = sets.changed() => if changed.is_err() { return },
-                        () = stop.cancelled() => return,
-                    }
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let changes = futures::future::select_all(
+                    layers.iter_mut().map(|layer| Box::pin(layer.changed())),
+                );
+                tokio::select! {
+                    (changed, _, _) = changes => if changed.is_err() { return },
+                    () = stopped.cancelled() => return,
                 }
-            });
-        }
+                let next = balance::Balancers::rebuild(&balancers_tx.borrow(), &merge(&mut layers));
+                balancers_tx.send_replace(Arc::new(next));
+            }
+        });
         let health = tonic_health::server::HealthReporter::new();
         let health_service = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(health.clone()),
@@ -159,43 +159,87 @@ impl App {
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        let routes = config
-            .routes
-            .clone()
-            .map_or_else(route::RouteTable::default, |routes| route::RouteTable {
-                routes,
-            });
-        let mut metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
         let gateway_metrics = metrics::GatewayMetrics::register(metrics.registry_mut());
+        let verifier = Arc::new(
+            omnimesh_common::auth::Verifier::load(&config.auth)
+                .map_err(|error| Error::Auth(error.to_string()))?,
+        );
         let proxy = Arc::new(proxy::Proxy::new(
-            routes,
-            balancers,
+            Arc::clone(&live),
+            balancers.clone(),
             proxy::MethodCatalog::from_descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET),
             health_service,
-            Arc::new(
-                omnimesh_common::auth::Verifier::load(&config.auth)
-                    .map_err(|error| Error::Auth(error.to_string()))?,
-            ),
-            gateway_metrics,
-            config.max_request_body_bytes,
+            Arc::clone(&verifier),
+            Arc::clone(&gateway_metrics),
         ));
+        let admin_service = transport::GatewayAdminService::new(
+            Arc::clone(&live),
+            balancers,
+            gateway_metrics,
+            config.admin_requires_token.then_some(verifier),
+        );
         let admin = GrpcServer::builder(SERVICE, &config.server)
-            .add_service(GatewayAdminServer::new(transport::GatewayAdminService))
+            .add_service(GatewayAdminServer::new(admin_service.clone()))
             .descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET)
             .reflection(true)
             .admin_http(metrics)
+            .http_routes(transport::http_routes(admin_service))
             .build()?;
         Ok(Self {
             proxy,
+            live,
             health,
             drain: config.server.drain_timeout,
             header_read_timeout: config.header_read_timeout,
             admin,
-            _sources: Sources {
+            sources: Sources {
                 _registry: registry,
-                _merge: stop.drop_guard(),
+                _file: file,
+                stop: stop.clone(),
+                _tasks: stop.drop_guard(),
             },
         })
+    }
+
+    /// Reloads the configuration from `sources` (the file and environment the gateway
+    /// started with) whenever the file changes and on `SIGHUP`; a refused change is
+    /// logged with its reason and counted, and the serving configuration stays.
+    ///
+    /// # Errors
+    /// When the file's directory cannot be watched.
+    pub fn reload_from(self, sources: omnimesh_common::config::Sources) -> Result<Self, Error> {
+        let Some(path) = sources.file().map(std::path::Path::to_owned) else {
+            return Ok(self);
+        };
+        let mut watch = filewatch::FileWatch::new(&path)
+            .map_err(|error| Error::Endpoints(format!("watching {}: {error}", path.display())))?;
+        let live = Arc::clone(&self.live);
+        let stop = self.sources.stop.clone();
+        tokio::spawn(async move {
+            let mut hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                let hung_up = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    changed = watch.changed() => if changed.is_none() { return },
+                    _ = hung_up => {}
+                    () = stop.cancelled() => return,
+                }
+                // Refusals are logged and counted by `apply`.
+                let _ = live.apply(&sources, &path.display().to_string(), None, false);
+            }
+        });
+        Ok(self)
+    }
+
+    /// The configuration serving now (for tests and tools).
+    pub fn serving(&self) -> Arc<live::Serving> {
+        self.live.load()
     }
 
     /// Serves both listeners until `shutdown` resolves, then drains both; stops both

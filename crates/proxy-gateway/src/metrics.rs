@@ -5,6 +5,7 @@
 //! HTTP status codes, gRPC status code names.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -55,10 +56,91 @@ pub struct GatewayMetrics {
     pub auth_denied: Family<RouteLabels, Counter>,
     /// Downstream connections open now.
     pub connections: Gauge,
+    /// Per route and cluster, for `GatewayAdmin.GetStats`.
+    stats: std::sync::RwLock<std::collections::HashMap<(String, String), Arc<RouteStats>>>,
+}
+
+/// The duration buckets' upper bounds: 50 µs × 2.5ⁿ, n < 14 (up to ≈ 7.5 s).
+const BUCKETS: usize = 14;
+
+fn bucket_bounds() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.5, BUCKETS as u16)
 }
 
 fn histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_05, 2.5, 14))
+    Histogram::new(bucket_bounds())
+}
+
+/// One route and cluster's counts, for the admin API (the same buckets as the
+/// Prometheus histogram, read without encoding the registry).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    /// Per bucket of [`bucket_bounds`], then one for anything slower.
+    buckets: [AtomicU64; BUCKETS + 1],
+}
+
+impl RouteStats {
+    /// Requests finished.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Of which failed: HTTP 5xx, or gRPC UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
+    /// UNAVAILABLE or DATA_LOSS (what the rollout analysis counts as failures).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The `q` quantile of the durations in seconds, interpolated within its bucket as
+    /// Prometheus' `histogram_quantile` does; 0 with no requests.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let bounds: Vec<f64> = bucket_bounds().collect();
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0_u64;
+        for (index, &count) in counts.iter().enumerate() {
+            if count > 0 && (seen + count) as f64 >= rank {
+                let lower = if index == 0 { 0.0 } else { bounds[index - 1] };
+                let Some(&upper) = bounds.get(index) else {
+                    return lower; // the open-ended bucket: its lower bound
+                };
+                let within = (rank - seen as f64) / count as f64;
+                return lower + (upper - lower) * within;
+            }
+            seen += count;
+        }
+        bounds[BUCKETS - 1]
+    }
+
+    fn record(&self, seconds: f64, failed: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let index = bucket_bounds()
+            .position(|bound| seconds <= bound)
+            .unwrap_or(BUCKETS);
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a finished request counts as failed.
+fn failed(labels: &RequestLabels) -> bool {
+    labels.status >= 500
+        || matches!(
+            labels.grpc_status,
+            "UNKNOWN" | "DEADLINE_EXCEEDED" | "INTERNAL" | "UNAVAILABLE" | "DATA_LOSS"
+        )
 }
 
 pub use omnimesh_telemetry::grpc_code_name;
@@ -74,6 +156,7 @@ impl GatewayMetrics {
             ejections: Family::default(),
             auth_denied: Family::default(),
             connections: Gauge::default(),
+            stats: std::sync::RwLock::default(),
         };
         registry.register(
             "gateway_requests",
@@ -115,10 +198,72 @@ impl GatewayMetrics {
 
     /// Records one finished request.
     pub fn record(&self, labels: &RequestLabels, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
         self.requests.get_or_create(labels).inc();
-        self.durations
-            .get_or_create(labels)
-            .observe(started.elapsed().as_secs_f64());
+        self.durations.get_or_create(labels).observe(seconds);
+        self.route_stats(&labels.route, &labels.cluster)
+            .record(seconds, failed(labels));
+    }
+
+    fn route_stats(&self, route: &str, cluster: &str) -> Arc<RouteStats> {
+        let key = (route.to_owned(), cluster.to_owned());
+        if let Some(stats) = self
+            .stats
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Arc::clone(stats);
+        }
+        let mut stats = self
+            .stats
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(stats.entry(key).or_default())
+    }
+
+    /// Every (route, cluster) seen, with its counts, sorted.
+    pub fn route_stats_all(&self) -> Vec<((String, String), Arc<RouteStats>)> {
+        let mut all: Vec<_> = self
+            .stats
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(key, stats)| (key.clone(), Arc::clone(stats)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Retries sent to `cluster` so far.
+    pub fn retries_of(&self, cluster: &str) -> u64 {
+        self.retries
+            .get(&ClusterLabels {
+                cluster: cluster.to_owned(),
+            })
+            .map_or(0, |counter| counter.get())
+    }
+
+    /// Requests refused on `route` for their token so far.
+    pub fn auth_denied_of(&self, route: &str) -> u64 {
+        self.auth_denied
+            .get(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .map_or(0, |counter| counter.get())
+    }
+
+    /// Endpoints ejected so far, all clusters.
+    pub fn ejections_total(&self, clusters: &[&str]) -> u64 {
+        clusters
+            .iter()
+            .filter_map(|cluster| {
+                self.ejections.get(&ClusterLabels {
+                    cluster: (*cluster).to_owned(),
+                })
+            })
+            .map(|counter| counter.get())
+            .sum()
     }
 }
 
@@ -170,6 +315,22 @@ impl Drop for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let stats = RouteStats::default();
+        assert_eq!(stats.quantile(0.5), 0.0);
+        // 100 requests of 10 µs (first bucket, ≤ 50 µs), one of 1 s.
+        for _ in 0..100 {
+            stats.record(0.000_01, false);
+        }
+        stats.record(1.0, true);
+        assert_eq!((stats.requests(), stats.errors()), (101, 1));
+        let p50 = stats.quantile(0.5);
+        assert!(p50 > 0.0 && p50 <= 0.000_05, "{p50}");
+        let p999 = stats.quantile(0.999);
+        assert!(p999 > 0.3 && p999 <= 1.2, "{p999}");
+    }
 
     #[test]
     fn grpc_codes_have_names() {

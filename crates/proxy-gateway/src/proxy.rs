@@ -45,10 +45,11 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 use omnimesh_common::auth::{Role, Verifier};
 
 use crate::balance::{Backend, Balancers};
+use crate::live::Live;
 use crate::metrics::{
     ClusterLabels, GatewayMetrics, Recorder, RequestLabels, RouteLabels, grpc_code_name,
 };
-use crate::route::{RequestFacts, RouteTable};
+use crate::route::RequestFacts;
 
 /// A response or request body of the proxy.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -101,7 +102,7 @@ impl MethodCatalog {
 
 /// The data plane's shared state.
 pub struct Proxy {
-    routes: RouteTable,
+    live: Arc<Live>,
     balancers: watch::Receiver<Arc<Balancers>>,
     h2: Client<HttpConnector, Body>,
     h1: Client<HttpConnector, Body>,
@@ -110,13 +111,12 @@ pub struct Proxy {
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     verifier: Arc<Verifier>,
     metrics: Arc<GatewayMetrics>,
-    max_body_bytes: usize,
 }
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("routes", &self.routes)
+            .field("version", &self.live.load().version)
             .finish_non_exhaustive()
     }
 }
@@ -374,13 +374,12 @@ async fn buffer(mut body: Capped) -> Result<Prepared, BoxError> {
 impl Proxy {
     /// A proxy routing with `routes` over the endpoints in `balancers`.
     pub fn new(
-        routes: RouteTable,
+        live: Arc<Live>,
         balancers: watch::Receiver<Arc<Balancers>>,
         catalog: MethodCatalog,
         health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
         verifier: Arc<Verifier>,
         metrics: Arc<GatewayMetrics>,
-        max_body_bytes: usize,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -393,7 +392,7 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Self {
-            routes,
+            live,
             balancers,
             h2,
             h1,
@@ -402,7 +401,6 @@ impl Proxy {
             health,
             verifier,
             metrics,
-            max_body_bytes,
         }
     }
 
@@ -473,11 +471,19 @@ impl Proxy {
                 http_error(status, message)
             }
         };
+        // This request keeps the configuration it started with, whatever reloads meanwhile.
+        let serving = self.live.load();
+        let max_body_bytes = serving.config.max_request_body_bytes;
         let route = {
             let headers = request.headers();
             let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-            self.routes.select(RequestFacts {
+            serving.routes.select(RequestFacts {
                 method: request.method().as_str(),
+                host: request
+                    .uri()
+                    .authority()
+                    .map(http::uri::Authority::as_str)
+                    .or_else(|| lookup("host")),
                 grpc,
                 path: &path,
                 header: &lookup,
@@ -491,7 +497,8 @@ impl Proxy {
             );
         };
         labels.route = route.name().to_owned();
-        let cluster = route.cluster_for(crate::balance::random());
+        let destination = route.destination_for(crate::balance::random());
+        let cluster = destination.cluster;
         labels.cluster = cluster.to_owned();
         if let Some(role) = route.auth
             && let Err((code, status, message)) = self.authorize(request.headers(), role)
@@ -513,7 +520,9 @@ impl Proxy {
             return fail(code, status, &message);
         }
         if !grpc && is_upgrade(&request) {
-            return self.tunnel(request, cluster, remote, route.timeout).await;
+            return self
+                .tunnel(request, destination, remote, route.timeout)
+                .await;
         }
         let deadline = grpc_timeout(request.headers())
             .map_or(route.timeout, |timeout| timeout.min(route.timeout));
@@ -543,11 +552,11 @@ impl Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.max_body_bytes as u64) {
+        if declared.is_some_and(|length| length > max_body_bytes as u64) {
             return fail(
                 tonic::Code::ResourceExhausted,
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body larger than {} bytes", self.max_body_bytes),
+                &format!("request body larger than {max_body_bytes} bytes"),
             );
         }
         let (mut parts, body) = request.into_parts();
@@ -555,7 +564,7 @@ impl Proxy {
         // error and the client a reset, and no more than the limit is ever read.
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let body = Capped {
-            inner: http_body_util::Limited::new(body, self.max_body_bytes),
+            inner: http_body_util::Limited::new(body, max_body_bytes),
             cut: Arc::clone(&cut),
         };
         let mut prepared = if small {
@@ -565,7 +574,7 @@ impl Proxy {
                     return fail(
                         tonic::Code::ResourceExhausted,
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("request body larger than {} bytes", self.max_body_bytes),
+                        &format!("request body larger than {max_body_bytes} bytes"),
                     );
                 }
                 Err(error) => {
@@ -587,7 +596,7 @@ impl Proxy {
             let mut tried: Vec<Arc<Backend>> = Vec::new();
             loop {
                 let balancers = Arc::clone(&self.balancers.borrow());
-                let Some(backend) = balancers.pick(cluster, &tried) else {
+                let Some(backend) = balancers.pick_in(cluster, destination.subset, &tried) else {
                     let message = if tried.is_empty() {
                         format!("no healthy endpoint for {cluster}")
                     } else {
@@ -696,7 +705,7 @@ impl Proxy {
                             return fail(
                                 tonic::Code::ResourceExhausted,
                                 StatusCode::PAYLOAD_TOO_LARGE,
-                                &format!("request body larger than {} bytes", self.max_body_bytes),
+                                &format!("request body larger than {max_body_bytes} bytes"),
                             );
                         }
                         if can_retry(reached) {
@@ -731,15 +740,15 @@ impl Proxy {
     async fn tunnel(
         &self,
         mut request: Request<Body>,
-        cluster: &str,
+        destination: crate::route::Destination<'_>,
         remote: SocketAddr,
         timeout: Duration,
     ) -> Response<Body> {
         let balancers = Arc::clone(&self.balancers.borrow());
-        let Some(backend) = balancers.pick(cluster, &[]) else {
+        let Some(backend) = balancers.pick_in(destination.cluster, destination.subset, &[]) else {
             return http_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no healthy endpoint for {cluster}"),
+                &format!("no healthy endpoint for {}", destination.cluster),
             );
         };
         let downstream = hyper::upgrade::on(&mut request);

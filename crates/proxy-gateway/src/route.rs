@@ -13,14 +13,92 @@ pub enum PathMatch {
     Prefix(String),
     /// The path is exactly this.
     Exact(String),
+    /// The whole path matches this regular expression (RE2 syntax: linear time).
+    Regex(Pattern),
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    /// Whether `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
             PathMatch::Exact(exact) => path == exact,
+            PathMatch::Regex(pattern) => pattern.is_full_match(path),
         }
+    }
+
+    /// The match as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathMatch::Prefix(text) | PathMatch::Exact(text) => text,
+            PathMatch::Regex(pattern) => pattern.as_str(),
+        }
+    }
+}
+
+/// Longest regular expression accepted in a route, and the compiled size it may reach:
+/// a route table is configuration, but it may arrive over the admin API.
+const MAX_PATTERN_LEN: usize = 1024;
+const MAX_COMPILED_PATTERN: usize = 1 << 20;
+
+/// A regular expression that must match a whole value; compiled once, when the
+/// configuration is read (a bad one is refused there, with the reason).
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    compiled: regex::Regex,
+}
+
+impl Pattern {
+    /// Compiles `source`, anchored at both ends.
+    ///
+    /// # Errors
+    /// When it is too long or not a valid expression.
+    pub fn new(source: &str) -> Result<Self, String> {
+        if source.len() > MAX_PATTERN_LEN {
+            return Err(format!(
+                "regular expression longer than {MAX_PATTERN_LEN} bytes"
+            ));
+        }
+        let compiled = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(MAX_COMPILED_PATTERN)
+            .build()
+            .map_err(|error| format!("bad regular expression {source:?}: {error}"))?;
+        Ok(Self {
+            source: source.to_owned(),
+            compiled,
+        })
+    }
+
+    /// Whether the whole of `value` matches.
+    pub fn is_full_match(&self, value: &str) -> bool {
+        self.compiled.is_match(value)
+    }
+
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(deserializer)?;
+        Pattern::new(&source).map_err(serde::de::Error::custom)
     }
 }
 
@@ -59,14 +137,34 @@ impl Default for RetryPolicy {
 pub struct WeightedCluster {
     /// The cluster.
     pub cluster: String,
+    /// Only the cluster's endpoints of this subset (`stable`, `canary`: the registry's
+    /// instance label, Istio's DestinationRule subset); any endpoint when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subset: String,
     /// Its percentage; the weights of a route add up to 100.
     pub weight: u32,
+}
+
+/// Where one request goes: a cluster, narrowed to a subset when not empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination<'a> {
+    /// The cluster.
+    pub cluster: &'a str,
+    /// The subset, or empty for any endpoint.
+    pub subset: &'a str,
 }
 
 /// One route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// Its name in metrics, logs and the admin API; the path match when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only requests for these hosts (`api.example.com`, or `*.example.com` for any
+    /// subdomain; the port is ignored, case is not significant); any host when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// The path match.
     #[serde(rename = "match")]
     pub path: PathMatch,
@@ -104,25 +202,93 @@ fn default_timeout() -> Duration {
 }
 
 impl Route {
-    /// The route's name in metrics and logs: its path match.
+    /// The route's name in metrics and logs: `name`, else its path match.
     pub fn name(&self) -> &str {
-        match &self.path {
-            PathMatch::Prefix(prefix) => prefix,
-            PathMatch::Exact(exact) => exact,
-        }
+        self.name.as_deref().unwrap_or_else(|| self.path.as_str())
     }
 
     /// The cluster of one request: `cluster`, or the split's cluster that `roll` (any
     /// number; its remainder by 100 is the percentile) falls in.
     pub fn cluster_for(&self, roll: u64) -> &str {
+        self.destination_for(roll).cluster
+    }
+
+    /// The destination of one request: `cluster`, or the split's share that `roll`
+    /// falls in.
+    pub fn destination_for(&self, roll: u64) -> Destination<'_> {
         let mut percentile = roll % 100;
         for share in &self.split {
             if percentile < u64::from(share.weight) {
-                return &share.cluster;
+                return Destination {
+                    cluster: &share.cluster,
+                    subset: &share.subset,
+                };
             }
             percentile -= u64::from(share.weight);
         }
-        &self.cluster
+        Destination {
+            cluster: &self.cluster,
+            subset: "",
+        }
+    }
+
+    /// Whether `host` (a `Host` or `:authority`, port allowed) is one of `hosts`.
+    fn host_matches(&self, host: Option<&str>) -> bool {
+        if self.hosts.is_empty() {
+            return true;
+        }
+        let Some(host) = host else {
+            return false;
+        };
+        let host = strip_port(host);
+        self.hosts
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(domain) => {
+                    host.len() > domain.len() + 1
+                        && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+                        && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
+                }
+                None => host.eq_ignore_ascii_case(pattern),
+            })
+    }
+
+    /// Why this route does not take `request`, or `None` when it does.
+    pub fn mismatch(&self, request: &RequestFacts<'_>) -> Option<String> {
+        if !self.host_matches(request.host) {
+            return Some(format!(
+                "host {:?} is not one of {:?}",
+                request.host.unwrap_or(""),
+                self.hosts
+            ));
+        }
+        if !self.path.matches(request.path) {
+            return Some(format!(
+                "path {:?} does not match {:?}",
+                request.path, self.path
+            ));
+        }
+        if let Some(grpc) = self.grpc
+            && grpc != request.grpc
+        {
+            return Some(if grpc {
+                "only gRPC calls".to_owned()
+            } else {
+                "no gRPC calls".to_owned()
+            });
+        }
+        if let Some(method) = &self.method
+            && !method.eq_ignore_ascii_case(request.method)
+        {
+            return Some(format!("method {} is not {method}", request.method));
+        }
+        for (name, value) in &self.headers {
+            let found = (request.header)(name);
+            if found != Some(value.as_str()) {
+                return Some(format!("header {name} is {found:?}, not {value:?}"));
+            }
+        }
+        None
     }
 
     /// Why the route cannot be used: (field, reason).
@@ -131,6 +297,18 @@ impl Route {
     /// Neither or both of `cluster` and `split`; a split whose weights do not add up to
     /// 100, or that names a cluster twice or an empty one.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.name.as_deref().is_some_and(str::is_empty) {
+            return Err(("name", "must not be empty".into()));
+        }
+        for host in &self.hosts {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if bare.is_empty() || bare.contains(['*', '/', ':', ' ']) {
+                return Err((
+                    "hosts",
+                    format!("{host:?} is not a host name or `*.domain`"),
+                ));
+            }
+        }
         match (self.cluster.is_empty(), self.split.is_empty()) {
             (true, true) => return Err(("cluster", "a cluster or a split is needed".into())),
             (false, false) => {
@@ -149,9 +327,14 @@ impl Route {
             }
             if self.split[..index]
                 .iter()
-                .any(|other| other.cluster == share.cluster)
+                .any(|other| other.cluster == share.cluster && other.subset == share.subset)
             {
-                return Err(("split", format!("{:?} appears twice", share.cluster)));
+                let name = if share.subset.is_empty() {
+                    share.cluster.clone()
+                } else {
+                    format!("{}/{}", share.cluster, share.subset)
+                };
+                return Err(("split", format!("{name:?} appears twice")));
             }
         }
         Ok(())
@@ -160,6 +343,8 @@ impl Route {
     /// A prefix route to `cluster` with the defaults.
     pub fn prefix(prefix: &str, cluster: &str) -> Self {
         Self {
+            name: None,
+            hosts: Vec::new(),
             path: PathMatch::Prefix(prefix.to_owned()),
             method: None,
             headers: Vec::new(),
@@ -178,6 +363,8 @@ impl Route {
 pub struct RequestFacts<'a> {
     /// `GET`, `POST`, …
     pub method: &'a str,
+    /// The `:authority` or `Host`, when the request has one.
+    pub host: Option<&'a str>,
     /// Whether it is a gRPC call (`content-type: application/grpc…`).
     pub grpc: bool,
     /// The path, without the query.
@@ -190,6 +377,7 @@ impl std::fmt::Debug for RequestFacts<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestFacts")
             .field("method", &self.method)
+            .field("host", &self.host)
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
@@ -224,18 +412,41 @@ impl Default for RouteTable {
 impl RouteTable {
     /// The first route that matches.
     pub fn select(&self, request: RequestFacts<'_>) -> Option<&Route> {
-        self.routes.iter().find(|route| {
-            route.path.matches(request.path)
-                && route.grpc.is_none_or(|grpc| grpc == request.grpc)
-                && route
-                    .method
-                    .as_ref()
-                    .is_none_or(|method| method.eq_ignore_ascii_case(request.method))
-                && route
-                    .headers
-                    .iter()
-                    .all(|(name, value)| (request.header)(name) == Some(value.as_str()))
-        })
+        self.routes
+            .iter()
+            .find(|route| route.mismatch(&request).is_none())
+    }
+
+    /// The route [`select`](Self::select) picks, with one line per route considered:
+    /// why it did not match, or that it did.
+    pub fn explain(&self, request: RequestFacts<'_>) -> (Option<&Route>, Vec<String>) {
+        let mut steps = Vec::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            match route.mismatch(&request) {
+                Some(reason) => {
+                    steps.push(format!("route {index} ({}): no, {reason}", route.name()))
+                }
+                None => {
+                    steps.push(format!("route {index} ({}): matches", route.name()));
+                    return (Some(route), steps);
+                }
+            }
+        }
+        steps.push("no route matches".to_owned());
+        (None, steps)
+    }
+
+    /// The route named `name` (see [`Route::name`]).
+    pub fn by_name_mut(&mut self, name: &str) -> Option<&mut Route> {
+        self.routes.iter_mut().find(|route| route.name() == name)
+    }
+}
+
+/// `host` without a `:port` (IPv6 literals keep their brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(colon) if !host[colon..].contains(']') => &host[..colon],
+        _ => host,
     }
 }
 
@@ -263,6 +474,7 @@ mod tests {
         table
             .select(RequestFacts {
                 method,
+                host: lookup("host"),
                 grpc,
                 path,
                 header: &lookup,
@@ -313,6 +525,7 @@ mod tests {
                 .iter()
                 .map(|(cluster, weight)| WeightedCluster {
                     cluster: (*cluster).to_owned(),
+                    subset: String::new(),
                     weight: *weight,
                 })
                 .collect(),

@@ -289,3 +289,32 @@ mod hostile {
         assert_eq!(config.workers, 2);
     }
 }
+
+#[test]
+fn toml_text_is_read_like_a_file_and_errors_name_its_origin() {
+    let sources = Sources::new()
+        .with_toml("admin API", "[core-engine]\nworkers = 9\n")
+        .with_env("OMNIMESH_CORE_ENGINE__WORKERS", "2");
+    assert_eq!(load_from::<TestConfig>(&sources).unwrap().workers, 2);
+    assert_eq!(
+        load_from::<TestConfig>(&sources.clone().without_env())
+            .unwrap()
+            .workers,
+        9
+    );
+    let error = load_from::<TestConfig>(
+        &Sources::new().with_toml("admin API", "[core-engine]\nworkers = 0\n"),
+    )
+    .unwrap_err();
+    assert_eq!(error.key, "core-engine.workers");
+    assert_eq!(error.origin, "admin API");
+    let error = load_from::<TestConfig>(&Sources::new().with_toml("admin API", "[core-enjine]\n"))
+        .unwrap_err();
+    assert_eq!(
+        (error.key.as_str(), error.origin.as_str()),
+        ("core-enjine", "admin API")
+    );
+    let error = load_from::<TestConfig>(&Sources::new().with_toml("admin API", "[core-engine\n"))
+        .unwrap_err();
+    assert!(!error.reason.is_empty(), "{error}");
+}

@@ -3,8 +3,9 @@
 //! Routing reads endpoint sets through the [`EndpointSource`] trait only, so a new
 //! source plugs in without changes to routing: [`StaticSource`] (configuration) and
 //! [`RegistrySource`] (mesh-controller's `Registry.Watch`, with reconnect and resume)
-//! exist today.
+//! exist today, and [`FileSource`] (a watched TOML file).
 
+mod file;
 mod registry;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+pub use file::{FileSource, parse as parse_endpoints_file};
 pub use registry::{RegistrySource, RegistrySourceOptions};
 
 /// One upstream endpoint.
@@ -38,6 +40,8 @@ pub struct EndpointSet {
     pub endpoints: Vec<Endpoint>,
     /// The source's revision of this set (the registry's log position).
     pub revision: u64,
+    /// Where it came from: `static`, `file` or `registry`.
+    pub source: &'static str,
 }
 
 /// Every cluster's endpoint set.

@@ -125,6 +125,7 @@ async fn follow(
                 let set = EndpointSet {
                     endpoints: update.instances.into_iter().map(endpoint).collect(),
                     revision: update.revision,
+                    source: "registry",
                 };
                 sets.send_modify(|sets| {
                     Arc::make_mut(sets).insert(update.service, set);

@@ -1,5 +1,6 @@
 //! proxy-gateway integration tests: the real server in-process on 127.0.0.1:0.
 
+mod admin;
 mod hostile;
 mod protocols;
 mod proxy;

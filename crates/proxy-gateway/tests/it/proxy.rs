@@ -22,7 +22,7 @@ use tonic::{Code, Request, Response, Status};
 /// An upstream that answers Echo with its own name in the `x-upstream` header, and
 /// sleeps first when asked to be slow.
 #[derive(Debug, Clone)]
-struct Upstream(&'static str);
+pub(crate) struct Upstream(pub(crate) &'static str);
 
 #[tonic::async_trait]
 impl Engine for Upstream {
@@ -44,7 +44,7 @@ impl Engine for Upstream {
 
 /// A running upstream on a runtime of its own; dropping (or `kill`ing) it drops that
 /// runtime with every connection task, like a crashed process.
-struct Running {
+pub(crate) struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -70,7 +70,7 @@ impl Drop for Running {
     }
 }
 
-fn upstream(name: &'static str) -> (SocketAddr, Running) {
+pub(crate) fn upstream(name: &'static str) -> (SocketAddr, Running) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let address = listener.local_addr().unwrap();
@@ -118,14 +118,14 @@ async fn gateway(
 }
 
 /// The gateway's `/metrics` text.
-async fn metrics(admin: SocketAddr) -> String {
+pub(crate) async fn metrics(admin: SocketAddr) -> String {
     omnimesh_test_support::http::get(admin, "/metrics")
         .await
         .unwrap()
         .body
 }
 
-async fn echo(
+pub(crate) async fn echo(
     client: &mut EngineClient<tonic::transport::Channel>,
     payload: &[u8],
 ) -> Result<String, Status> {
@@ -480,10 +480,12 @@ async fn a_weighted_split_sends_each_cluster_its_share() {
         split: vec![
             proxy_gateway::route::WeightedCluster {
                 cluster: "engine-stable".into(),
+                subset: String::new(),
                 weight: 80,
             },
             proxy_gateway::route::WeightedCluster {
                 cluster: "engine-canary".into(),
+                subset: String::new(),
                 weight: 20,
             },
         ],

@@ -64,16 +64,15 @@ async fn admin_port_serves_gateway_admin_health_reflection_and_probes() {
     let gateway = Gateway::start().await;
     let channel = gateway.admin_channel().await;
     assert_serves(channel.clone(), &["omnimesh.gateway.v1.GatewayAdmin"]).await;
-    let status = GatewayAdminClient::new(channel)
+    let config = GatewayAdminClient::new(channel)
         .get_config(GetConfigRequest::default())
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+        .unwrap()
+        .into_inner();
+    assert_eq!(config.version, 1);
     let metrics = assert_probes(gateway.admin, "omnimesh_proxy_gateway").await;
     assert!(
-        metrics.contains(
-            "method=\"/omnimesh.gateway.v1.GatewayAdmin/GetConfig\",code=\"UNIMPLEMENTED\"} 1"
-        ),
+        metrics.contains("method=\"/omnimesh.gateway.v1.GatewayAdmin/GetConfig\",code=\"OK\"} 1"),
         "{metrics}"
     );
     gateway.server.stop().await.unwrap();
