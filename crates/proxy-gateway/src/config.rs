@@ -48,6 +48,12 @@ pub struct Config {
     /// /config`) need an `admin` token; reading never does.
     #[serde(default = "default_true")]
     pub admin_requires_token: bool,
+    /// Rate limit policies by name; a route names one in `rate_limit`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, crate::ratelimit::Policy>,
+    /// The Redis server of shared rate limits.
+    #[serde(default)]
+    pub redis: crate::ratelimit::RedisConfig,
 }
 
 fn default_true() -> bool {
@@ -67,6 +73,8 @@ impl Default for Config {
             header_read_timeout: default_header_read_timeout(),
             auth: AuthConfig::default(),
             admin_requires_token: true,
+            rate_limits: BTreeMap::new(),
+            redis: crate::ratelimit::RedisConfig::default(),
         }
     }
 }
@@ -167,10 +175,32 @@ impl ServiceConfig for Config {
                 }
             }
         }
+        for (name, policy) in &self.rate_limits {
+            policy
+                .validate()
+                .map_err(|reason| Invalid::new(format!("rate_limits.{name}"), reason))?;
+        }
         for (index, route) in self.routes.iter().flatten().enumerate() {
             route.validate().map_err(|(field, reason)| {
                 Invalid::new(format!("routes[{index}].{field}"), reason)
             })?;
+            if let Some(policy) = &route.rate_limit
+                && !self.rate_limits.contains_key(policy)
+            {
+                return Err(Invalid::new(
+                    format!("routes[{index}].rate_limit"),
+                    format!("no policy {policy:?} in rate_limits"),
+                ));
+            }
+        }
+        if self.rate_limits.values().any(|policy| policy.shared)
+            && !self.redis.url.starts_with("redis://")
+            && !self.redis.url.starts_with("rediss://")
+        {
+            return Err(Invalid::new("redis.url", "must be redis://host:port[/db]"));
+        }
+        if self.redis.timeout.is_zero() {
+            return Err(Invalid::new("redis.timeout", "must be longer than 0 s"));
         }
         if self.header_read_timeout.is_zero() {
             return Err(Invalid::new(

@@ -16,6 +16,7 @@ mod filewatch;
 pub mod live;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 mod transport;
 pub mod upstream;
@@ -171,7 +172,20 @@ impl App {
             health_service,
             Arc::clone(&verifier),
             Arc::clone(&gateway_metrics),
+            ratelimit::Shared::new(&config.redis, gateway_metrics.rate_limit_errors.clone()),
         ));
+        // Idle clients' rate limit state is dropped, so memory follows active clients.
+        let idle = Arc::clone(&live);
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => idle.load().limiters.forget_idle(),
+                    () = stopped.cancelled() => return,
+                }
+            }
+        });
         let admin_service = transport::GatewayAdminService::new(
             Arc::clone(&live),
             balancers,

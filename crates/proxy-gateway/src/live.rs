@@ -19,6 +19,7 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 
 use crate::Config;
+use crate::ratelimit::Limiters;
 use crate::route::{Route, RouteTable, WeightedCluster};
 use crate::upstream::{Endpoint, EndpointSet, Endpoints};
 
@@ -35,20 +36,24 @@ pub struct Serving {
     pub applied_at: SystemTime,
     /// Where it came from: `start-up`, a file path, `admin API`.
     pub origin: String,
+    /// Its rate limit policies' buckets.
+    pub limiters: Limiters,
 }
 
 impl Serving {
-    fn new(config: Config, version: u64, origin: &str) -> Self {
+    fn new(config: Config, version: u64, origin: &str, previous: Option<&Serving>) -> Self {
         let routes = config
             .routes
             .clone()
             .map_or_else(RouteTable::default, |routes| RouteTable { routes });
+        let limiters = Limiters::new(&config.rate_limits, previous.map(|p| &p.limiters));
         Self {
             config,
             routes,
             version,
             applied_at: SystemTime::now(),
             origin: origin.to_owned(),
+            limiters,
         }
     }
 
@@ -129,13 +134,14 @@ pub fn static_sets(config: &Config) -> Endpoints {
 }
 
 /// The keys only a restart can change, and how to read them.
-fn restart_only(config: &Config) -> [(&'static str, String); 9] {
+fn restart_only(config: &Config) -> [(&'static str, String); 10] {
     [
         ("listen", format!("{:?}", config.listen)),
         ("server", format!("{:?}", config.server)),
         ("telemetry", format!("{:?}", config.telemetry)),
         ("worker_threads", config.worker_threads.to_string()),
         ("auth", format!("{:?}", config.auth)),
+        ("redis", format!("{:?}", config.redis)),
         (
             "admin_requires_token",
             config.admin_requires_token.to_string(),
@@ -163,7 +169,7 @@ impl Live {
         );
         let statics = watch::Sender::new(Arc::new(static_sets(&config)));
         Self {
-            current: ArcSwap::from_pointee(Serving::new(config, 1, "start-up")),
+            current: ArcSwap::from_pointee(Serving::new(config, 1, "start-up", None)),
             statics,
             applying: std::sync::Mutex::new(()),
             reloads,
@@ -294,7 +300,7 @@ impl Live {
         }
         let version = current.version + 1;
         let statics_changed = config.upstreams.clusters != current.config.upstreams.clusters;
-        let serving = Serving::new(config, version, origin);
+        let serving = Serving::new(config, version, origin, Some(&current));
         if statics_changed {
             self.statics
                 .send_replace(Arc::new(static_sets(&serving.config)));

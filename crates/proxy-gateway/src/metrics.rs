@@ -54,6 +54,10 @@ pub struct GatewayMetrics {
     pub ejections: Family<ClusterLabels, Counter>,
     /// Requests refused for their token, by route.
     pub auth_denied: Family<RouteLabels, Counter>,
+    /// Requests refused by a rate limit, by route.
+    pub rate_limited: Family<RouteLabels, Counter>,
+    /// Shared rate limit checks that Redis could not answer.
+    pub rate_limit_errors: Counter,
     /// Downstream connections open now.
     pub connections: Gauge,
     /// Per route and cluster, for `GatewayAdmin.GetStats`.
@@ -155,6 +159,8 @@ impl GatewayMetrics {
             budget_exhausted: Family::default(),
             ejections: Family::default(),
             auth_denied: Family::default(),
+            rate_limited: Family::default(),
+            rate_limit_errors: Counter::default(),
             connections: Gauge::default(),
             stats: std::sync::RwLock::default(),
         };
@@ -187,6 +193,16 @@ impl GatewayMetrics {
             "gateway_auth_denied",
             "Requests refused for a missing, bad or too weak token",
             this.auth_denied.clone(),
+        );
+        registry.register(
+            "gateway_rate_limited",
+            "Requests refused by a rate limit",
+            this.rate_limited.clone(),
+        );
+        registry.register(
+            "gateway_rate_limit_backend_errors",
+            "Shared rate limit checks Redis did not answer (then failed open or closed)",
+            this.rate_limit_errors.clone(),
         );
         registry.register(
             "gateway_active_connections",
@@ -247,6 +263,15 @@ impl GatewayMetrics {
     /// Requests refused on `route` for their token so far.
     pub fn auth_denied_of(&self, route: &str) -> u64 {
         self.auth_denied
+            .get(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .map_or(0, |counter| counter.get())
+    }
+
+    /// Requests refused on `route` by its rate limit so far.
+    pub fn rate_limited_of(&self, route: &str) -> u64 {
+        self.rate_limited
             .get(&RouteLabels {
                 route: route.to_owned(),
             })

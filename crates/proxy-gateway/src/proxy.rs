@@ -111,6 +111,7 @@ pub struct Proxy {
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     verifier: Arc<Verifier>,
     metrics: Arc<GatewayMetrics>,
+    shared_limits: crate::ratelimit::Shared,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -380,6 +381,7 @@ impl Proxy {
         health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
         verifier: Arc<Verifier>,
         metrics: Arc<GatewayMetrics>,
+        shared_limits: crate::ratelimit::Shared,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -401,6 +403,7 @@ impl Proxy {
             health,
             verifier,
             metrics,
+            shared_limits,
         }
     }
 
@@ -500,24 +503,65 @@ impl Proxy {
         let destination = route.destination_for(crate::balance::random());
         let cluster = destination.cluster;
         labels.cluster = cluster.to_owned();
-        if let Some(role) = route.auth
-            && let Err((code, status, message)) = self.authorize(request.headers(), role)
-        {
-            self.metrics
-                .auth_denied
-                .get_or_create(&RouteLabels {
-                    route: route.name().to_owned(),
-                })
-                .inc();
-            tracing::info!(
-                target: "audit",
-                decision = "denied",
-                path = %path,
-                client = %remote.ip(),
-                reason = %message,
-                "request refused"
-            );
-            return fail(code, status, &message);
+        let mut subject = None;
+        if let Some(role) = route.auth {
+            match self.authorize(request.headers(), role) {
+                Ok(who) => subject = Some(who),
+                Err((code, status, message)) => {
+                    self.metrics
+                        .auth_denied
+                        .get_or_create(&RouteLabels {
+                            route: route.name().to_owned(),
+                        })
+                        .inc();
+                    tracing::info!(
+                        target: "audit",
+                        decision = "denied",
+                        path = %path,
+                        client = %remote.ip(),
+                        reason = %message,
+                        "request refused"
+                    );
+                    return fail(code, status, &message);
+                }
+            }
+        }
+        if let Some(policy) = &route.rate_limit {
+            // The token's subject where the route checked one, else the peer's address.
+            let client = subject.unwrap_or_else(|| remote.ip().to_string());
+            match serving
+                .limiters
+                .check(policy, &client, &self.shared_limits)
+                .await
+            {
+                crate::ratelimit::Decision::Allowed => {}
+                crate::ratelimit::Decision::Limited(wait) => {
+                    self.metrics
+                        .rate_limited
+                        .get_or_create(&RouteLabels {
+                            route: route.name().to_owned(),
+                        })
+                        .inc();
+                    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    let message = format!("rate limit {policy:?} reached; retry in {seconds} s");
+                    let mut response = fail(
+                        tonic::Code::ResourceExhausted,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &message,
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                    return response;
+                }
+                crate::ratelimit::Decision::Unavailable => {
+                    return fail(
+                        tonic::Code::Unavailable,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the rate limiter is unavailable",
+                    );
+                }
+            }
         }
         if !grpc && is_upgrade(&request) {
             return self
@@ -826,7 +870,7 @@ impl Proxy {
         &self,
         headers: &HeaderMap,
         role: Role,
-    ) -> Result<(), (tonic::Code, StatusCode, String)> {
+    ) -> Result<String, (tonic::Code, StatusCode, String)> {
         let unauthenticated = |message: String| {
             (
                 tonic::Code::Unauthenticated,
@@ -857,7 +901,7 @@ impl Proxy {
                 ),
             ));
         }
-        Ok(())
+        Ok(identity.subject)
     }
 }
 

@@ -195,6 +195,9 @@ pub struct Route {
     /// token needed when absent.
     #[serde(default)]
     pub auth: Option<omnimesh_common::auth::Role>,
+    /// The rate limit policy (a key of `rate_limits`) applied per client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -354,6 +357,7 @@ impl Route {
             timeout: default_timeout(),
             retry: RetryPolicy::default(),
             auth: None,
+            rate_limit: None,
         }
     }
 }

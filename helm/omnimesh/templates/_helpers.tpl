@@ -230,7 +230,7 @@ spec:
           value: {{ include "omnimesh.postgresUrl" (list $root $root.Values.postgresql.controllerDatabase) | quote }}
         {{- end }}
         {{- if and (eq $c.name "proxy-gateway") $root.Values.redis.enabled }}
-        - name: OMNIMESH_REDIS_URL
+        - name: OMNIMESH_PROXY_GATEWAY__REDIS__URL
           {{- if $root.Values.redis.existingSecret }}
           valueFrom:
             secretKeyRef:

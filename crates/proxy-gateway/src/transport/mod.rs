@@ -244,7 +244,7 @@ impl GatewayAdminService {
             .map(|((route, cluster), stats)| pb::RouteStats {
                 retries: self.metrics.retries_of(&cluster),
                 auth_denied: self.metrics.auth_denied_of(&route),
-                rate_limited: 0,
+                rate_limited: self.metrics.rate_limited_of(&route),
                 requests: stats.requests(),
                 errors: stats.errors(),
                 p50_seconds: stats.quantile(0.5),
@@ -308,6 +308,24 @@ impl GatewayAdminService {
             steps.push(format!(
                 "the route needs a token granting {} or more",
                 role.as_str()
+            ));
+        }
+        if let Some(policy) = &route.rate_limit
+            && let Some(rule) = serving.config.rate_limits.get(policy)
+        {
+            steps.push(format!(
+                "rate limit {policy:?}: {} requests/s per client, bursts of {}{}",
+                rule.requests_per_second,
+                if rule.burst == 0 {
+                    rule.requests_per_second
+                } else {
+                    rule.burst
+                },
+                if rule.shared {
+                    ", shared by every replica through Redis"
+                } else {
+                    ""
+                }
             ));
         }
         let destination = route.destination_for(crate::balance::random());

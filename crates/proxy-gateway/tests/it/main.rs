@@ -4,4 +4,5 @@ mod admin;
 mod hostile;
 mod protocols;
 mod proxy;
+mod ratelimit;
 mod serving;
