@@ -19,6 +19,72 @@ pub const BASE_EJECTION: Duration = Duration::from_secs(1);
 /// Longest ejection.
 pub const MAX_EJECTION: Duration = Duration::from_secs(30);
 
+/// Passive outlier detection: `[proxy-gateway.outlier_detection]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Failed answers in a row (HTTP 5xx; gRPC UNAVAILABLE, INTERNAL,
+    /// DEADLINE_EXCEEDED; a response that breaks off) that eject an endpoint.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// The first ejection; each ejection in a row without a success doubles it.
+    #[serde(default = "default_base_ejection", with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    #[serde(default = "default_max_ejection", with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// At most this share of a cluster's endpoints is ejected for failed answers at
+    /// once (one always may be), so a cluster-wide fault does not empty the cluster.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    BASE_EJECTION
+}
+fn default_max_ejection() -> Duration {
+    MAX_EJECTION
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// Why the settings cannot be used: (field, reason).
+    ///
+    /// # Errors
+    /// A threshold of 0, an empty or inverted ejection range, a percentage over 100.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.consecutive_failures == 0 {
+            return Err(("consecutive_failures", "must be at least 1".into()));
+        }
+        if self.base_ejection.is_zero() || self.max_ejection < self.base_ejection {
+            return Err((
+                "max_ejection",
+                "base_ejection must be positive and at most max_ejection".into(),
+            ));
+        }
+        if self.max_ejection_percent > 100 {
+            return Err(("max_ejection_percent", "at most 100".into()));
+        }
+        Ok(())
+    }
+}
+
 /// One endpoint as the balancer sees it.
 #[derive(Debug)]
 pub struct Backend {
@@ -29,6 +95,12 @@ pub struct Backend {
     ejected_until: AtomicU64,
     /// Ejections in a row without a success in between.
     ejections: AtomicU32,
+    /// Failed answers in a row.
+    failures: AtomicU32,
+    /// What the active health check says (true until a check says otherwise).
+    probe_healthy: std::sync::atomic::AtomicBool,
+    /// Probe results in a row agreeing with each other (for the thresholds).
+    probe_streak: AtomicU32,
 }
 
 /// The clock of ejections.
@@ -44,7 +116,69 @@ impl Backend {
             in_flight: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            probe_healthy: std::sync::atomic::AtomicBool::new(true),
+            probe_streak: AtomicU32::new(0),
         })
+    }
+
+    /// Whether the active health check lets it take traffic.
+    pub fn probe_healthy(&self) -> bool {
+        self.probe_healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records one active health check; returns `Some(new state)` when the endpoint
+    /// crossed a threshold (`unhealthy` failures in a row, `healthy` successes in a row).
+    pub fn probed(&self, passed: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        let now = self.probe_healthy();
+        if passed == now {
+            self.probe_streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.probe_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if passed { healthy } else { unhealthy };
+        if streak >= needed.max(1) {
+            self.probe_streak.store(0, Ordering::Relaxed);
+            self.probe_healthy.store(passed, Ordering::Relaxed);
+            if passed {
+                // Back by probe: whatever ejected it before starts from nothing.
+                self.ejected_until.store(0, Ordering::Relaxed);
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            return Some(passed);
+        }
+        None
+    }
+
+    /// Failed answers in a row now.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Ejects for `base` doubled at every ejection in a row, up to `max`.
+    fn eject(&self, base: Duration, max: Duration) {
+        let ejections = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let period = base.saturating_mul(1 << ejections).min(max);
+        let until = now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        self.ejected_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// A failed answer; ejects the endpoint when it is the `consecutive_failures`th in
+    /// a row and `cluster` (its endpoints) has room under `max_ejection_percent`.
+    /// Returns whether it was ejected now.
+    pub fn failed(&self, policy: &OutlierDetection, cluster: &[Arc<Backend>]) -> bool {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < policy.consecutive_failures || self.ejected() {
+            return false;
+        }
+        let ejected = cluster.iter().filter(|backend| backend.ejected()).count();
+        let allowed = (cluster.len() * policy.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        self.eject(policy.base_ejection, policy.max_ejection);
+        true
     }
 
     /// Ejections in a row (0 once it answers again).
@@ -64,20 +198,20 @@ impl Backend {
         self.ejected_until.load(Ordering::Relaxed) > now_ms()
     }
 
-    /// The endpoint could not be reached: eject it, for twice as long as last time.
-    pub fn unreachable(&self) {
-        let ejections = self.ejections.fetch_add(1, Ordering::Relaxed).min(10);
-        let period = BASE_EJECTION
-            .saturating_mul(1 << ejections)
-            .min(MAX_EJECTION);
-        let until = now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
-        self.ejected_until.fetch_max(until, Ordering::Relaxed);
+    /// The endpoint could not be reached (connection refused or timed out): eject it
+    /// at once, for twice as long as last time. No percentage applies: nothing can be
+    /// sent to it anyway.
+    pub fn unreachable(&self, policy: &OutlierDetection) {
+        self.eject(policy.base_ejection, policy.max_ejection);
     }
 
-    /// The endpoint answered: it is back in full.
+    /// The endpoint answered well: it is back in full.
     pub fn answered(&self) {
         if self.ejections.load(Ordering::Relaxed) != 0 {
             self.ejections.store(0, Ordering::Relaxed);
+        }
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
         }
     }
 
@@ -165,7 +299,9 @@ impl Balancers {
             .1
             .iter()
             .filter(|backend| subset.is_empty() || backend.endpoint.subset == subset)
-            .filter(|backend| backend.endpoint.healthy && backend.endpoint.weight > 0)
+            .filter(|backend| {
+                backend.endpoint.healthy && backend.probe_healthy() && backend.endpoint.weight > 0
+            })
             .filter(|backend| !tried.iter().any(|t| Arc::ptr_eq(t, backend)))
             .collect();
         // Ejected endpoints only when nothing else is left (rather than failing outright).
@@ -203,6 +339,21 @@ impl Balancers {
         self.clusters
             .iter()
             .map(|(name, (source, backends))| (name.as_str(), *source, backends.as_slice()))
+    }
+
+    /// The backends of `cluster` (none when unknown).
+    pub fn backends(&self, cluster: &str) -> &[Arc<Backend>] {
+        self.clusters
+            .get(cluster)
+            .map_or(&[], |(_, backends)| backends.as_slice())
+    }
+
+    /// Requests open now on `cluster`, all endpoints.
+    pub fn open_requests(&self, cluster: &str) -> u64 {
+        self.backends(cluster)
+            .iter()
+            .map(|backend| backend.in_flight())
+            .sum()
     }
 
     /// How many endpoints `cluster` has (healthy or not).
@@ -282,7 +433,7 @@ mod tests {
             &sets(vec![endpoint("a", 100, true), endpoint("bb", 100, true)]),
         );
         let first = balancers.pick("svc", &[]).unwrap();
-        first.unreachable();
+        first.unreachable(&OutlierDetection::default());
         assert!(first.ejected());
         for _ in 0..20 {
             assert_ne!(
@@ -291,11 +442,74 @@ mod tests {
             );
         }
         let other = balancers.pick("svc", &[]).unwrap();
-        other.unreachable();
+        other.unreachable(&OutlierDetection::default());
         // Both ejected: still answer rather than fail.
         assert!(balancers.pick("svc", &[]).is_some());
         other.answered();
         assert_eq!(other.ejections.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_within_the_percentage() {
+        let policy = OutlierDetection {
+            consecutive_failures: 3,
+            max_ejection_percent: 50,
+            ..OutlierDetection::default()
+        };
+        let balancers = Balancers::rebuild(
+            &Balancers::default(),
+            &sets(vec![
+                endpoint("a", 100, true),
+                endpoint("bb", 100, true),
+                endpoint("ccc", 100, true),
+                endpoint("dddd", 100, true),
+            ]),
+        );
+        let cluster = balancers.backends("svc");
+        let (a, b, c) = (&cluster[0], &cluster[1], &cluster[2]);
+        assert!(!a.failed(&policy, cluster));
+        a.answered(); // a success resets the run
+        assert!(!a.failed(&policy, cluster) && !a.failed(&policy, cluster));
+        assert!(
+            a.failed(&policy, cluster),
+            "the third failure in a row ejects"
+        );
+        assert!(a.ejected() && a.ejected_until().is_some());
+        for _ in 0..3 {
+            b.failed(&policy, cluster);
+        }
+        assert!(b.ejected(), "two of four is 50 %");
+        for _ in 0..10 {
+            assert!(!c.failed(&policy, cluster), "a third would exceed 50 %");
+        }
+        assert!(!c.ejected());
+        // A failing endpoint past the limit is still counted, and ejected once there
+        // is room.
+        assert!(c.consecutive_failures() >= 3);
+    }
+
+    #[test]
+    fn probes_take_endpoints_out_and_back_by_thresholds() {
+        let balancers = Balancers::rebuild(
+            &Balancers::default(),
+            &sets(vec![endpoint("a", 100, true), endpoint("bb", 100, true)]),
+        );
+        let a = &balancers.backends("svc")[0];
+        assert_eq!(a.probed(false, 2, 3), None);
+        assert_eq!(a.probed(false, 2, 3), None);
+        assert_eq!(a.probed(false, 2, 3), Some(false));
+        for _ in 0..20 {
+            assert_eq!(balancers.pick("svc", &[]).unwrap().endpoint.id, "bb");
+        }
+        assert_eq!(a.probed(true, 2, 3), None);
+        assert_eq!(
+            a.probed(false, 2, 3),
+            None,
+            "a failure breaks the run of successes"
+        );
+        assert_eq!(a.probed(true, 2, 3), None);
+        assert_eq!(a.probed(true, 2, 3), Some(true));
+        assert!(a.probe_healthy());
     }
 
     #[test]

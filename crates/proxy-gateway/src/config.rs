@@ -54,6 +54,43 @@ pub struct Config {
     /// The Redis server of shared rate limits.
     #[serde(default)]
     pub redis: crate::ratelimit::RedisConfig,
+    /// When endpoints that answer badly are taken out of rotation.
+    #[serde(default)]
+    pub outlier_detection: crate::balance::OutlierDetection,
+    /// Active health checks, by cluster (clusters not named are not checked; the
+    /// registry's endpoints are checked by mesh-controller already).
+    #[serde(default)]
+    pub health_checks: BTreeMap<String, crate::health::HealthCheck>,
+    /// Requests open at once to one cluster, beyond which new ones fail fast with
+    /// `UNAVAILABLE` / 503 instead of piling onto a struggling cluster (0: no limit).
+    #[serde(default = "default_max_requests")]
+    pub max_requests_per_cluster: u64,
+    /// Per-cluster overrides of `max_requests_per_cluster`.
+    #[serde(default)]
+    pub circuit_breakers: BTreeMap<String, CircuitBreaker>,
+}
+
+/// `[proxy-gateway.circuit_breakers.<cluster>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Requests open at once (0: no limit).
+    pub max_requests: u64,
+}
+
+fn default_max_requests() -> u64 {
+    4096
+}
+
+impl Config {
+    /// The open-request limit of `cluster` (0: none).
+    pub fn max_requests(&self, cluster: &str) -> u64 {
+        self.circuit_breakers
+            .get(cluster)
+            .map_or(self.max_requests_per_cluster, |breaker| {
+                breaker.max_requests
+            })
+    }
 }
 
 fn default_true() -> bool {
@@ -75,6 +112,10 @@ impl Default for Config {
             admin_requires_token: true,
             rate_limits: BTreeMap::new(),
             redis: crate::ratelimit::RedisConfig::default(),
+            outlier_detection: crate::balance::OutlierDetection::default(),
+            health_checks: BTreeMap::new(),
+            max_requests_per_cluster: default_max_requests(),
+            circuit_breakers: BTreeMap::new(),
         }
     }
 }
@@ -198,6 +239,14 @@ impl ServiceConfig for Config {
             && !self.redis.url.starts_with("rediss://")
         {
             return Err(Invalid::new("redis.url", "must be redis://host:port[/db]"));
+        }
+        self.outlier_detection
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("outlier_detection.{key}"), reason))?;
+        for (cluster, check) in &self.health_checks {
+            check.validate().map_err(|(key, reason)| {
+                Invalid::new(format!("health_checks.{cluster}.{key}"), reason)
+            })?;
         }
         if self.redis.timeout.is_zero() {
             return Err(Invalid::new("redis.timeout", "must be longer than 0 s"));

@@ -13,6 +13,7 @@ pub mod balance;
 mod config;
 mod error;
 mod filewatch;
+pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod proxy;
@@ -31,7 +32,7 @@ use omnimesh_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{Config, Listen};
+pub use config::{CircuitBreaker, Config, Listen};
 pub use error::Error;
 
 /// The service name used in config sections, metrics and logs.
@@ -173,6 +174,12 @@ impl App {
             Arc::clone(&verifier),
             Arc::clone(&gateway_metrics),
             ratelimit::Shared::new(&config.redis, gateway_metrics.rate_limit_errors.clone()),
+        ));
+        tokio::spawn(health::run(
+            Arc::clone(&live),
+            balancers.clone(),
+            health::HealthMetrics::register(metrics.registry_mut()),
+            stop.clone(),
         ));
         // Idle clients' rate limit state is dropped, so memory follows active clients.
         let idle = Arc::clone(&live);

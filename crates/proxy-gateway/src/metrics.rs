@@ -50,6 +50,8 @@ pub struct GatewayMetrics {
     pub retries: Family<ClusterLabels, Counter>,
     /// Retries refused by the budget, by cluster.
     pub budget_exhausted: Family<ClusterLabels, Counter>,
+    /// Requests refused because their cluster had too many open, by cluster.
+    pub overflow: Family<ClusterLabels, Counter>,
     /// Endpoints ejected, by cluster.
     pub ejections: Family<ClusterLabels, Counter>,
     /// Requests refused for their token, by route.
@@ -158,6 +160,7 @@ impl GatewayMetrics {
             retries: Family::default(),
             budget_exhausted: Family::default(),
             ejections: Family::default(),
+            overflow: Family::default(),
             auth_denied: Family::default(),
             rate_limited: Family::default(),
             rate_limit_errors: Counter::default(),
@@ -185,8 +188,13 @@ impl GatewayMetrics {
             this.budget_exhausted.clone(),
         );
         registry.register(
+            "gateway_overflow",
+            "Requests refused at once because their cluster had max_requests open",
+            this.overflow.clone(),
+        );
+        registry.register(
             "gateway_ejections",
-            "Endpoints ejected for refusing connections",
+            "Endpoints ejected (refused connections, or failed answers in a row)",
             this.ejections.clone(),
         );
         registry.register(

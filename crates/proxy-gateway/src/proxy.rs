@@ -640,6 +640,20 @@ impl Proxy {
             let mut tried: Vec<Arc<Backend>> = Vec::new();
             loop {
                 let balancers = Arc::clone(&self.balancers.borrow());
+                let limit = serving.config.max_requests(cluster);
+                if limit != 0 && balancers.open_requests(cluster) >= limit {
+                    self.metrics
+                        .overflow
+                        .get_or_create(&ClusterLabels {
+                            cluster: cluster.to_owned(),
+                        })
+                        .inc();
+                    return fail(
+                        tonic::Code::Unavailable,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("{cluster} has {limit} requests open, its limit"),
+                    );
+                }
                 let Some(backend) = balancers.pick_in(cluster, destination.subset, &tried) else {
                     let message = if tried.is_empty() {
                         format!("no healthy endpoint for {cluster}")
@@ -710,9 +724,23 @@ impl Proxy {
                         false
                     }
                 };
+                let outcome = Outcome {
+                    backend: Arc::clone(&backend),
+                    balancers: Arc::clone(&balancers),
+                    cluster: cluster.clone(),
+                    policy: serving.config.outlier_detection,
+                    metrics: Arc::clone(&self.metrics),
+                };
                 match sent.await {
                     Ok(mut response) => {
-                        backend.answered();
+                        let trailers_only = response.headers().get("grpc-status");
+                        if grpc {
+                            if let Some(code) = trailers_only {
+                                outcome.report(grpc_failure(code.as_bytes()));
+                            }
+                        } else {
+                            outcome.report(response.status().is_server_error());
+                        }
                         let unavailable = grpc
                             && response
                                 .headers()
@@ -727,10 +755,14 @@ impl Proxy {
                             continue;
                         }
                         strip_hop_by_hop(response.headers_mut());
+                        // A gRPC answer's status comes in its trailers: judged there.
+                        let pending = (grpc && response.headers().get("grpc-status").is_none())
+                            .then_some(outcome);
                         return response.map(|body| {
                             Tracked {
                                 inner: body,
                                 _guard: guard,
+                                outcome: pending,
                             }
                             .map_err(Into::into)
                             .boxed_unsync()
@@ -742,7 +774,7 @@ impl Proxy {
                             if !backend.ejected() {
                                 self.metrics.ejections.get_or_create(&cluster).inc();
                             }
-                            backend.unreachable();
+                            backend.unreachable(&serving.config.outlier_detection);
                         }
                         tracing::debug!(%error, endpoint = %backend.endpoint.id, reached, "upstream try failed");
                         if cut.load(std::sync::atomic::Ordering::Relaxed) {
@@ -822,7 +854,7 @@ impl Proxy {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 if error.is_connect() {
-                    backend.unreachable();
+                    backend.unreachable(&self.live.load().config.outlier_detection);
                 }
                 tracing::debug!(%error, endpoint = %backend.endpoint.id, "upgrade failed");
                 return http_error(
@@ -952,16 +984,50 @@ impl<B: hyper::body::Body<Data = Bytes>> hyper::body::Body for Metered<B> {
     }
 }
 
+/// gRPC codes that count against an endpoint: DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE.
+fn grpc_failure(code: &[u8]) -> bool {
+    matches!(code, b"4" | b"13" | b"14")
+}
+
+/// How one try went, reported once to its endpoint's outlier detection.
+struct Outcome {
+    backend: Arc<Backend>,
+    balancers: Arc<Balancers>,
+    cluster: ClusterLabels,
+    policy: crate::balance::OutlierDetection,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl Outcome {
+    fn report(&self, failed: bool) {
+        if !failed {
+            self.backend.answered();
+            return;
+        }
+        let cluster = self.balancers.backends(&self.cluster.cluster);
+        if self.backend.failed(&self.policy, cluster) {
+            self.metrics.ejections.get_or_create(&self.cluster).inc();
+            tracing::info!(
+                endpoint = %self.backend.endpoint.id,
+                failures = self.policy.consecutive_failures,
+                "endpoint ejected after failed answers in a row"
+            );
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A response body that keeps its backend's in-flight count until it is done.
+    /// A response body that keeps its backend's in-flight count until it is done, and
+    /// judges a gRPC answer by its trailers (or by breaking off without them).
     struct Tracked<B> {
         #[pin]
         inner: B,
         _guard: crate::balance::InFlight,
+        outcome: Option<Outcome>,
     }
 }
 
-impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
+impl<B: hyper::body::Body<Data = Bytes>> hyper::body::Body for Tracked<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -969,7 +1035,24 @@ impl<B: hyper::body::Body> hyper::body::Body for Tracked<B> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let polled = std::task::ready!(this.inner.poll_frame(cx));
+        if this.outcome.is_some() {
+            let verdict = match &polled {
+                Some(Ok(frame)) => frame.trailers_ref().map(|trailers| {
+                    trailers
+                        .get("grpc-status")
+                        .is_none_or(|code| grpc_failure(code.as_bytes()))
+                }),
+                Some(Err(_)) | None => Some(true),
+            };
+            if let Some(failed) = verdict
+                && let Some(outcome) = this.outcome.take()
+            {
+                outcome.report(failed);
+            }
+        }
+        std::task::Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {

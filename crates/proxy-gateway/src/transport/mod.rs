@@ -211,7 +211,7 @@ impl GatewayAdminService {
                         let ejected_until = backend.ejected_until();
                         let health = if ejected_until.is_some() {
                             pb::EndpointHealth::Ejected
-                        } else if backend.endpoint.healthy {
+                        } else if backend.endpoint.healthy && backend.probe_healthy() {
                             pb::EndpointHealth::Healthy
                         } else {
                             pb::EndpointHealth::Unhealthy
@@ -223,7 +223,7 @@ impl GatewayAdminService {
                             health: health.into(),
                             ejected_until: ejected_until.map(Into::into),
                             active_requests: backend.in_flight(),
-                            consecutive_failures: backend.consecutive_ejections(),
+                            consecutive_failures: backend.consecutive_failures(),
                         }
                     })
                     .collect(),

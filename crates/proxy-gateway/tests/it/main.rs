@@ -5,4 +5,5 @@ mod hostile;
 mod protocols;
 mod proxy;
 mod ratelimit;
+mod resilience;
 mod serving;

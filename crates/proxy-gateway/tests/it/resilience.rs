@@ -1,0 +1,376 @@
+//! Endpoint health through the real data plane: outlier detection ejects an endpoint
+//! that answers INTERNAL and re-admits it once its ejection ends and it answers well;
+//! active gRPC and HTTP health checks take endpoints out and back by their thresholds;
+//! a cluster's request limit fails fast when reached.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use omnimesh_proto::engine::v1 as pb;
+use omnimesh_proto::engine::v1::engine_client::EngineClient;
+use omnimesh_proto::engine::v1::engine_server::{Engine, EngineServer};
+use omnimesh_proto::gateway::v1 as admin_pb;
+use omnimesh_proto::gateway::v1::gateway_admin_client::GatewayAdminClient;
+use omnimesh_test_support::{TestServer, eventually};
+use proxy_gateway::balance::OutlierDetection;
+use proxy_gateway::health::{CheckKind, HealthCheck};
+use proxy_gateway::{App, Config, Listeners};
+use tonic::{Code, Request, Response, Status};
+
+use crate::proxy::metrics;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// An engine whose Echo fails with INTERNAL while `failing`, and holds `b"hold"` calls
+/// until `release` has a permit for them; it names itself in `x-upstream`.
+#[derive(Clone)]
+struct Switchable {
+    name: &'static str,
+    failing: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+#[tonic::async_trait]
+impl Engine for Switchable {
+    async fn echo(
+        &self,
+        request: Request<pb::EchoRequest>,
+    ) -> Result<Response<pb::EchoResponse>, Status> {
+        let payload = request.into_inner().payload;
+        if payload == b"hold" {
+            // Held until the test adds a permit (whenever it does: no lost wake-up).
+            self.release.acquire().await.unwrap().forget();
+        }
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(Status::internal("broken on purpose"));
+        }
+        let mut response = Response::new(pb::EchoResponse { payload });
+        response
+            .metadata_mut()
+            .insert("x-upstream", self.name.parse().unwrap());
+        Ok(response)
+    }
+}
+
+struct Upstream {
+    engine: Switchable,
+    health: tonic_health::server::HealthReporter,
+    server: TestServer,
+}
+
+async fn start_upstream(name: &'static str) -> Upstream {
+    let engine = Switchable {
+        name,
+        failing: Arc::new(AtomicBool::new(false)),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let service = EngineServer::new(engine.clone());
+    let server = TestServer::start(|listener, shutdown| {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+    })
+    .await;
+    Upstream {
+        engine,
+        health,
+        server,
+    }
+}
+
+struct Gateway {
+    server: TestServer,
+    admin: SocketAddr,
+}
+
+async fn gateway(config: Config) -> Gateway {
+    let app = App::build(config).await.unwrap();
+    let admin = omnimesh_test_support::bind().await;
+    let address = admin.local_addr().unwrap();
+    let server =
+        TestServer::start(|http, shutdown| app.serve(Listeners { http, admin }, shutdown)).await;
+    Gateway {
+        server,
+        admin: address,
+    }
+}
+
+fn config(dir: &std::path::Path, upstreams: &[&Upstream]) -> Config {
+    let mut config = Config::for_test(dir);
+    config.upstreams.clusters = BTreeMap::from([(
+        "core-engine".to_owned(),
+        upstreams
+            .iter()
+            .map(|u| u.server.addr().to_string())
+            .collect(),
+    )]);
+    config
+}
+
+async fn call(client: &mut EngineClient<tonic::transport::Channel>) -> Result<String, Status> {
+    let response = client
+        .echo(pb::EchoRequest {
+            payload: b"x".to_vec(),
+        })
+        .await?;
+    Ok(response
+        .metadata()
+        .get("x-upstream")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned())
+}
+
+async fn endpoint_health(admin: SocketAddr, address: SocketAddr) -> admin_pb::Endpoint {
+    let mut client = GatewayAdminClient::connect(format!("http://{admin}"))
+        .await
+        .unwrap();
+    let clusters = client
+        .list_clusters(admin_pb::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    clusters.clusters[0]
+        .endpoints
+        .iter()
+        .find(|e| e.address == address.to_string())
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_and_later_readmitted() {
+    let good = start_upstream("good").await;
+    let bad = start_upstream("bad").await;
+    bad.engine.failing.store(true, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), &[&good, &bad]);
+    config.outlier_detection = OutlierDetection {
+        consecutive_failures: 3,
+        base_ejection: Duration::from_millis(500),
+        max_ejection: Duration::from_secs(5),
+        max_ejection_percent: 50,
+    };
+    let gateway = gateway(config).await;
+    let mut client = EngineClient::new(gateway.server.channel().await);
+    let mut failed = 0;
+    for _ in 0..200 {
+        match call(&mut client).await {
+            Ok(name) => assert_eq!(name, "good"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Internal);
+                failed += 1;
+            }
+        }
+    }
+    // Three failures in a row eject it; with one endpoint left, nothing else fails
+    // (a ejection that ended meanwhile re-ejects after one more failure).
+    assert!((3..=6).contains(&failed), "{failed} calls failed");
+    let endpoint = endpoint_health(gateway.admin, bad.server.addr()).await;
+    assert!(
+        matches!(
+            endpoint.health(),
+            admin_pb::EndpointHealth::Ejected | admin_pb::EndpointHealth::Healthy
+        ),
+        "{endpoint:?}"
+    );
+    assert!(
+        metrics(gateway.admin)
+            .await
+            .contains("gateway_ejections_total{cluster=\"core-engine\"}")
+    );
+
+    // Mended: once its ejection ends it takes traffic again.
+    bad.engine.failing.store(false, Ordering::Relaxed);
+    eventually(WAIT, "the mended endpoint to be picked again", || {
+        let mut client = client.clone();
+        async move { (call(&mut client).await.ok()? == "bad").then_some(()) }
+    })
+    .await
+    .unwrap();
+    let endpoint = endpoint_health(gateway.admin, bad.server.addr()).await;
+    assert_eq!(endpoint.health(), admin_pb::EndpointHealth::Healthy);
+    assert_eq!(endpoint.consecutive_failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_grpc_health_checks_take_endpoints_out_and_back() {
+    let one = start_upstream("one").await;
+    let two = start_upstream("two").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), &[&one, &two]);
+    config.health_checks = BTreeMap::from([(
+        "core-engine".to_owned(),
+        HealthCheck {
+            kind: CheckKind::Grpc,
+            service: String::new(),
+            path: "/healthz".into(),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(50),
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+        },
+    )]);
+    let gateway = gateway(config).await;
+    let mut client = EngineClient::new(gateway.server.channel().await);
+    two.health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let admin = gateway.admin;
+    let address = two.server.addr();
+    eventually(
+        WAIT,
+        "the not-serving endpoint to be taken out",
+        || async move {
+            (endpoint_health(admin, address).await.health() == admin_pb::EndpointHealth::Unhealthy)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..50 {
+        assert_eq!(call(&mut client).await.unwrap(), "one");
+    }
+    two.health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    eventually(WAIT, "the endpoint to come back", || async move {
+        (endpoint_health(admin, address).await.health() == admin_pb::EndpointHealth::Healthy)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    eventually(WAIT, "traffic on the endpoint again", || {
+        let mut client = client.clone();
+        async move { (call(&mut client).await.ok()? == "two").then_some(()) }
+    })
+    .await
+    .unwrap();
+    let text = metrics(gateway.admin).await;
+    assert!(
+        text.contains("gateway_health_checks_total{cluster=\"core-engine\",result=\"failed\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_http_health_checks_follow_the_status_code() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web = listener.local_addr().unwrap();
+    let flag = Arc::clone(&healthy);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let flag = Arc::clone(&flag);
+            let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                let ok = flag.load(Ordering::Relaxed) || request.uri().path() != "/ready";
+                async move {
+                    let mut response = http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"."),
+                    ));
+                    if !ok {
+                        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.upstreams.clusters = BTreeMap::from([("web".to_owned(), vec![web.to_string()])]);
+    config.health_checks = BTreeMap::from([(
+        "web".to_owned(),
+        HealthCheck {
+            kind: CheckKind::Http,
+            service: String::new(),
+            path: "/ready".into(),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(50),
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+        },
+    )]);
+    let gateway = gateway(config).await;
+    let admin = gateway.admin;
+    healthy.store(false, Ordering::Relaxed);
+    eventually(WAIT, "the endpoint to fail its check", || async move {
+        (endpoint_health(admin, web).await.health() == admin_pb::EndpointHealth::Unhealthy)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    healthy.store(true, Ordering::Relaxed);
+    eventually(WAIT, "the endpoint to pass again", || async move {
+        (endpoint_health(admin, web).await.health() == admin_pb::EndpointHealth::Healthy)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_at_its_request_limit_fails_fast() {
+    let upstream = start_upstream("only").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), &[&upstream]);
+    config.circuit_breakers = BTreeMap::from([(
+        "core-engine".to_owned(),
+        proxy_gateway::CircuitBreaker { max_requests: 2 },
+    )]);
+    let gateway = gateway(config).await;
+    let client = EngineClient::new(gateway.server.channel().await);
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .echo(pb::EchoRequest {
+                        payload: b"hold".to_vec(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let admin = gateway.admin;
+    let address = upstream.server.addr();
+    eventually(WAIT, "two requests open upstream", || async move {
+        (endpoint_health(admin, address).await.active_requests == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let status = call(&mut client.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("core-engine has 2 requests open, its limit"),
+        "{}",
+        status.message()
+    );
+    upstream.engine.release.add_permits(2);
+    for call in held {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(call(&mut client.clone()).await.unwrap(), "only");
+    assert!(
+        metrics(gateway.admin)
+            .await
+            .contains("gateway_overflow_total{cluster=\"core-engine\"} 1")
+    );
+}
