@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod route;
+pub mod trace;
 mod transport;
 pub mod upstream;
 
@@ -166,15 +167,19 @@ impl App {
             omnimesh_common::auth::Verifier::load(&config.auth)
                 .map_err(|error| Error::Auth(error.to_string()))?,
         );
-        let proxy = Arc::new(proxy::Proxy::new(
-            Arc::clone(&live),
-            balancers.clone(),
-            proxy::MethodCatalog::from_descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET),
-            health_service,
-            Arc::clone(&verifier),
-            Arc::clone(&gateway_metrics),
-            ratelimit::Shared::new(&config.redis, gateway_metrics.rate_limit_errors.clone()),
-        ));
+        let proxy = Arc::new(proxy::Proxy::new(proxy::Parts {
+            live: Arc::clone(&live),
+            balancers: balancers.clone(),
+            catalog: proxy::MethodCatalog::from_descriptor_set(omnimesh_proto::FILE_DESCRIPTOR_SET),
+            health: health_service,
+            verifier: Arc::clone(&verifier),
+            metrics: Arc::clone(&gateway_metrics),
+            shared_limits: ratelimit::Shared::new(
+                &config.redis,
+                gateway_metrics.rate_limit_errors.clone(),
+            ),
+            export_spans: config.telemetry.otlp_endpoint.is_some(),
+        }));
         tokio::spawn(health::run(
             Arc::clone(&live),
             balancers.clone(),

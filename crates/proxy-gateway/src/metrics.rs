@@ -300,6 +300,19 @@ impl GatewayMetrics {
     }
 }
 
+/// What is logged of a request in the access log.
+#[derive(Debug)]
+pub struct AccessEntry {
+    /// The method.
+    pub method: http::Method,
+    /// The path (no query: it may carry secrets).
+    pub path: String,
+    /// The peer.
+    pub remote: std::net::SocketAddr,
+    /// The request's trace (for finding its spans).
+    pub trace_id: String,
+}
+
 /// Records a request once: when its response ends, or when it is dropped unfinished.
 #[derive(Debug)]
 pub struct Recorder {
@@ -307,6 +320,8 @@ pub struct Recorder {
     labels: RequestLabels,
     started: Instant,
     done: bool,
+    access: Option<Box<AccessEntry>>,
+    span: Option<crate::trace::ExportedSpan>,
 }
 
 impl Recorder {
@@ -317,7 +332,21 @@ impl Recorder {
             labels,
             started,
             done: false,
+            access: None,
+            span: None,
         }
+    }
+
+    /// Also writes an access log line (target `access`) when the request finishes.
+    pub fn with_access_log(mut self, entry: Option<Box<AccessEntry>>) -> Self {
+        self.access = entry;
+        self
+    }
+
+    /// Also ends this exported span when the request finishes.
+    pub(crate) fn with_span(mut self, span: Option<crate::trace::ExportedSpan>) -> Self {
+        self.span = span;
+        self
     }
 
     /// The response ended (`grpc_status` from its trailers when it had some).
@@ -330,6 +359,30 @@ impl Recorder {
             self.labels.grpc_status = code;
         }
         self.metrics.record(&self.labels, self.started);
+        let labels = &self.labels;
+        if let Some(span) = self.span.take() {
+            span.end(
+                labels.status,
+                labels.grpc_status,
+                &labels.route,
+                &labels.cluster,
+            );
+        }
+        if let Some(entry) = self.access.take() {
+            tracing::info!(
+                target: "access",
+                method = %entry.method,
+                path = %entry.path,
+                status = labels.status,
+                grpc_status = labels.grpc_status,
+                route = %labels.route,
+                cluster = %labels.cluster,
+                duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                client = %entry.remote,
+                trace_id = %entry.trace_id,
+                "request"
+            );
+        }
     }
 }
 

@@ -65,6 +65,8 @@ pub struct MethodCatalog {
     unary: HashSet<String>,
     /// Paths marked `NO_SIDE_EFFECTS` or `IDEMPOTENT`.
     idempotent: HashSet<String>,
+    /// Every method's path.
+    known: HashSet<String>,
 }
 
 impl MethodCatalog {
@@ -80,6 +82,7 @@ impl MethodCatalog {
             for service in &file.service {
                 for method in &service.method {
                     let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    catalog.known.insert(path.clone());
                     if !method.client_streaming() {
                         catalog.unary.insert(path.clone());
                     }
@@ -112,6 +115,8 @@ pub struct Proxy {
     verifier: Arc<Verifier>,
     metrics: Arc<GatewayMetrics>,
     shared_limits: crate::ratelimit::Shared,
+    /// Whether spans are exported (an OTLP endpoint is configured).
+    export_spans: bool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -372,17 +377,40 @@ async fn buffer(mut body: Capped) -> Result<Prepared, BoxError> {
     Ok(Prepared::Buffered(data.freeze(), None))
 }
 
+/// What a [`Proxy`] is made of.
+pub struct Parts {
+    /// The serving configuration.
+    pub live: Arc<Live>,
+    /// Every cluster's endpoints.
+    pub balancers: watch::Receiver<Arc<Balancers>>,
+    /// What the protos say about methods.
+    pub catalog: MethodCatalog,
+    /// The gateway's own health service.
+    pub health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    /// Checks tokens.
+    pub verifier: Arc<Verifier>,
+    /// The data plane's metrics.
+    pub metrics: Arc<GatewayMetrics>,
+    /// Shared rate limits' Redis.
+    pub shared_limits: crate::ratelimit::Shared,
+    /// Whether spans are exported over OTLP.
+    pub export_spans: bool,
+}
+
 impl Proxy {
-    /// A proxy routing with `routes` over the endpoints in `balancers`.
-    pub fn new(
-        live: Arc<Live>,
-        balancers: watch::Receiver<Arc<Balancers>>,
-        catalog: MethodCatalog,
-        health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
-        verifier: Arc<Verifier>,
-        metrics: Arc<GatewayMetrics>,
-        shared_limits: crate::ratelimit::Shared,
-    ) -> Self {
+    /// A proxy routing with the serving configuration over the endpoints in
+    /// `balancers`.
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            live,
+            balancers,
+            catalog,
+            health,
+            verifier,
+            metrics,
+            shared_limits,
+            export_spans,
+        } = parts;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -404,17 +432,52 @@ impl Proxy {
             verifier,
             metrics,
             shared_limits,
+            export_spans,
         }
     }
 
     /// Handles one downstream request, and records it in the metrics.
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Body>,
+        mut request: Request<Body>,
         remote: SocketAddr,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
         let grpc = is_grpc(request.headers());
+        // The gateway's span: the client's trace continues, or a new one starts; the
+        // upstream gets it as its parent.
+        let parent = request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| crate::trace::TraceParent::parse(value.as_bytes()));
+        let (span, exported) = if self.export_spans {
+            let (span, ids) = crate::trace::ExportedSpan::start(
+                request.method(),
+                grpc.then(|| request.uri().path()),
+                parent.as_ref(),
+                vec![
+                    opentelemetry::KeyValue::new(
+                        "http.request.method",
+                        request.method().to_string(),
+                    ),
+                    opentelemetry::KeyValue::new("url.path", request.uri().path().to_owned()),
+                    opentelemetry::KeyValue::new("client.address", remote.ip().to_string()),
+                ],
+            );
+            (Some(span), ids)
+        } else {
+            (None, None)
+        };
+        let ours = exported.unwrap_or_else(|| crate::trace::TraceParent::child_of(parent.as_ref()));
+        request.headers_mut().insert("traceparent", ours.header());
+        let access = self.live.load().config.access_log.then(|| {
+            Box::new(crate::metrics::AccessEntry {
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+                remote,
+                trace_id: ours.trace_id_hex(),
+            })
+        });
         let mut labels = RequestLabels {
             route: "none".to_owned(),
             cluster: "none".to_owned(),
@@ -432,7 +495,9 @@ impl Proxy {
         if grpc {
             labels.grpc_status = trailers_only.unwrap_or("UNKNOWN");
         }
-        let mut recorder = Recorder::new(Arc::clone(&self.metrics), labels, started);
+        let mut recorder = Recorder::new(Arc::clone(&self.metrics), labels, started)
+            .with_access_log(access)
+            .with_span(span);
         if trailers_only.is_some() || hyper::body::Body::is_end_stream(response.body()) {
             recorder.finish(None);
             return response;
@@ -528,7 +593,7 @@ impl Proxy {
         }
         if let Some(policy) = &route.rate_limit {
             // The token's subject where the route checked one, else the peer's address.
-            let client = subject.unwrap_or_else(|| remote.ip().to_string());
+            let client = subject.clone().unwrap_or_else(|| remote.ip().to_string());
             match serving
                 .limiters
                 .check(policy, &client, &self.shared_limits)
@@ -562,6 +627,29 @@ impl Proxy {
                     );
                 }
             }
+        }
+        // Mutating calls are audited: the platform's own mutating RPCs (the protos'
+        // idempotency level), and any non-read method on a route that checks tokens.
+        let mutating = if grpc {
+            self.catalog.known.contains(&path) && !self.catalog.idempotent.contains(&path)
+        } else {
+            route.auth.is_some()
+                && !matches!(
+                    *request.method(),
+                    Method::GET | Method::HEAD | Method::OPTIONS
+                )
+        };
+        if mutating && (route.auth.is_some() || grpc) {
+            tracing::info!(
+                target: "audit",
+                decision = "allowed",
+                method = %request.method(),
+                path = %path,
+                subject = subject.as_deref().unwrap_or("anonymous"),
+                client = %remote.ip(),
+                route = route.name(),
+                "mutating call"
+            );
         }
         if !grpc && is_upgrade(&request) {
             return self

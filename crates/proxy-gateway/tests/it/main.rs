@@ -7,3 +7,4 @@ mod proxy;
 mod ratelimit;
 mod resilience;
 mod serving;
+mod trace;
