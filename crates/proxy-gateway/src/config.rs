@@ -73,6 +73,9 @@ pub struct Config {
     /// trace id. Off by default, as in Envoy: at the edge's request rates it is a cost.
     #[serde(default)]
     pub access_log: bool,
+    /// TLS on `listen.http` (ALPN h2 and http/1.1); plain HTTP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// `[proxy-gateway.circuit_breakers.<cluster>]`.
@@ -122,6 +125,7 @@ impl Default for Config {
             max_requests_per_cluster: default_max_requests(),
             circuit_breakers: BTreeMap::new(),
             access_log: false,
+            tls: None,
         }
     }
 }

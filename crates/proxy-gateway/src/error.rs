@@ -12,6 +12,9 @@ pub enum Error {
     /// The endpoints or configuration file cannot be read or watched.
     #[error("upstreams.endpoints_file: {0}")]
     Endpoints(String),
+    /// The TLS certificate or key cannot be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The token keys could not be loaded or created.
     #[error("auth keys: {0}")]
     Auth(String),

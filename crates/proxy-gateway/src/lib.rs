@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod route;
+pub mod tls;
 pub mod trace;
 mod transport;
 pub mod upstream;
@@ -73,6 +74,7 @@ pub struct App {
     health: tonic_health::server::HealthReporter,
     drain: std::time::Duration,
     header_read_timeout: std::time::Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     admin: GrpcServer,
     live: Arc<live::Live>,
     sources: Sources,
@@ -198,6 +200,12 @@ impl App {
                 }
             }
         });
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| tls::acceptor(tls, stop.clone()))
+            .transpose()
+            .map_err(Error::Tls)?;
         let admin_service = transport::GatewayAdminService::new(
             Arc::clone(&live),
             balancers,
@@ -217,6 +225,7 @@ impl App {
             health,
             drain: config.server.drain_timeout,
             header_read_timeout: config.header_read_timeout,
+            tls,
             admin,
             sources: Sources {
                 _registry: registry,
@@ -303,6 +312,7 @@ impl App {
                 let limits = proxy::ConnectionLimits {
                     drain: self.drain,
                     header_read_timeout: self.header_read_timeout,
+                    tls: self.tls.clone(),
                 };
                 proxy::serve(listeners.http, Arc::clone(&self.proxy), stop, limits)
                     .await

@@ -134,7 +134,7 @@ pub fn static_sets(config: &Config) -> Endpoints {
 }
 
 /// The keys only a restart can change, and how to read them.
-fn restart_only(config: &Config) -> [(&'static str, String); 10] {
+fn restart_only(config: &Config) -> [(&'static str, String); 11] {
     [
         ("listen", format!("{:?}", config.listen)),
         ("server", format!("{:?}", config.server)),
@@ -142,6 +142,7 @@ fn restart_only(config: &Config) -> [(&'static str, String); 10] {
         ("worker_threads", config.worker_threads.to_string()),
         ("auth", format!("{:?}", config.auth)),
         ("redis", format!("{:?}", config.redis)),
+        ("tls", format!("{:?}", config.tls)),
         (
             "admin_requires_token",
             config.admin_requires_token.to_string(),

@@ -233,7 +233,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets `x-forwarded-for` (appending the client to a chain), `-proto` and `-host`.
-fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr) {
+fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr, secure: bool) {
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", remote.ip()),
         None => remote.ip().to_string(),
@@ -241,7 +241,10 @@ fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr) {
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if secure { "https" } else { "http" }),
+    );
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert("x-forwarded-host", host);
     }
@@ -721,7 +724,11 @@ impl Proxy {
             Prepared::Streamed(body.boxed_unsync())
         };
         strip_hop_by_hop(&mut parts.headers);
-        set_forwarded(&mut parts.headers, remote);
+        set_forwarded(
+            &mut parts.headers,
+            remote,
+            parts.extensions.get::<Secure>().is_some(),
+        );
         self.budget.deposit();
 
         let attempt = async {
@@ -919,7 +926,11 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
-        set_forwarded(&mut parts.headers, remote);
+        set_forwarded(
+            &mut parts.headers,
+            remote,
+            parts.extensions.get::<Secure>().is_some(),
+        );
         if let Some(protocol) = protocol {
             parts.headers.insert(header::UPGRADE, protocol);
             parts
@@ -1177,13 +1188,58 @@ async fn grpc_web(proxy: Arc<Proxy>, request: Request<Body>, remote: SocketAddr)
     }
 }
 
-/// Time limits of the data plane's connections.
-#[derive(Debug, Clone, Copy)]
+/// How the data plane's connections are served.
+#[derive(Clone)]
 pub struct ConnectionLimits {
     /// How long open connections may finish after shutdown starts.
     pub drain: Duration,
-    /// How long an HTTP/1.1 client may take to send a request's headers.
+    /// How long an HTTP/1.1 client may take to send a request's headers (and a TLS
+    /// client to finish its handshake).
     pub header_read_timeout: Duration,
+    /// TLS, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ConnectionLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionLimits")
+            .field("drain", &self.drain)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Marks requests that arrived over TLS (for `x-forwarded-proto`).
+#[derive(Debug, Clone, Copy)]
+struct Secure;
+
+/// The per-connection service: gRPC-Web through its translation, the rest straight to
+/// [`Proxy::handle`].
+fn service(
+    proxy: Arc<Proxy>,
+    remote: SocketAddr,
+    secure: bool,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        async move {
+            let mut request = request.map(boxed);
+            if secure {
+                request.extensions_mut().insert(Secure);
+            }
+            Ok::<_, Infallible>(if is_grpc_web(request.headers()) {
+                grpc_web(proxy, request, remote).await
+            } else {
+                proxy.handle(request, remote).await
+            })
+        }
+    })
 }
 
 /// Accepts on `listener` until `shutdown` resolves, then lets open connections finish
@@ -1200,6 +1256,7 @@ pub async fn serve(
     let ConnectionLimits {
         drain,
         header_read_timeout,
+        tls,
     } = limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -1226,24 +1283,31 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let connections = proxy.metrics.connections.clone();
                 connections.inc();
-                let proxy = Arc::clone(&proxy);
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let proxy = Arc::clone(&proxy);
-                    async move {
-                        let request = request.map(boxed);
-                        Ok::<_, Infallible>(if is_grpc_web(request.headers()) {
-                            grpc_web(proxy, request, remote).await
-                        } else {
-                            proxy.handle(request, remote).await
-                        })
-                    }
-                });
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let service = service(Arc::clone(&proxy), remote, tls.is_some());
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    let served = match tls {
+                        None => {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            // The handshake gets the time a client has to send headers.
+                            match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    let connection = builder
+                                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                                    watcher.watch(connection.into_owned()).await
+                                }
+                                Ok(Err(error)) => Err(error.into()),
+                                Err(_) => Err("TLS handshake timed out".into()),
+                            }
+                        }
+                    };
+                    if let Err(error) = served {
                         tracing::debug!(%error, %remote, "connection ended with an error");
                     }
                     connections.dec();

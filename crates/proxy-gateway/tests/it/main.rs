@@ -7,4 +7,5 @@ mod proxy;
 mod ratelimit;
 mod resilience;
 mod serving;
+mod tls;
 mod trace;
