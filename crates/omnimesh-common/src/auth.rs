@@ -210,20 +210,49 @@ fn load_hs256(config: &AuthConfig) -> Result<Vec<u8>, KeyError> {
     Ok(bytes)
 }
 
+/// The reason given when public keys are expected from a JWKS URL but none has been
+/// loaded yet: the caller should answer "unavailable", not "unauthenticated".
+pub const KEYS_NOT_LOADED: &str = "signing keys are not loaded yet";
+
+/// A public key: (kid, algorithm, key).
+type PublicKey = (Option<String>, Algorithm, DecodingKey);
+
 /// Checks tokens.
 pub struct Verifier {
     hs256: DecodingKey,
-    /// (kid, algorithm, key) from the JWKS file.
-    public: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    /// From the JWKS file or URL; replaced whole when the set changes.
+    public: arc_swap::ArcSwap<Vec<PublicKey>>,
+    /// Keys are expected from a JWKS URL and none has arrived yet.
+    awaiting_keys: std::sync::atomic::AtomicBool,
     config: AuthConfig,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("public_keys", &self.public.len())
+            .field("public_keys", &self.public.load().len())
             .finish_non_exhaustive()
     }
+}
+
+/// Reads a JWKS document.
+///
+/// # Errors
+/// Not JSON, not a key set, or a key of an algorithm that is not accepted.
+pub fn parse_jwks(text: &str) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|error| error.to_string())?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        let Some(algorithm) = jwk_algorithm(jwk) else {
+            return Err(format!(
+                "key {:?}: only RS256, ES256 (P-256) and EdDSA keys are accepted",
+                jwk.common.key_id
+            ));
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|error| error.to_string())?;
+        keys.push((jwk.common.key_id.clone(), algorithm, key));
+    }
+    Ok(keys)
 }
 
 fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
@@ -251,32 +280,49 @@ impl Verifier {
         let hs256 = DecodingKey::from_secret(&load_hs256(config)?);
         let mut public = Vec::new();
         if let Some(path) = &config.jwks_file {
-            let invalid = |reason: String| KeyError::Invalid {
-                path: path.clone(),
-                reason,
-            };
             let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
                 path: path.clone(),
                 source,
             })?;
-            let set: JwkSet =
-                serde_json::from_str(&text).map_err(|error| invalid(error.to_string()))?;
-            for jwk in &set.keys {
-                let Some(algorithm) = jwk_algorithm(jwk) else {
-                    return Err(invalid(format!(
-                        "key {:?}: only RS256, ES256 (P-256) and EdDSA keys are accepted",
-                        jwk.common.key_id
-                    )));
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|error| invalid(error.to_string()))?;
-                public.push((jwk.common.key_id.clone(), algorithm, key));
-            }
+            public = parse_jwks(&text).map_err(|reason| KeyError::Invalid {
+                path: path.clone(),
+                reason,
+            })?;
         }
         Ok(Self {
             hs256,
-            public,
+            public: arc_swap::ArcSwap::from_pointee(public),
+            awaiting_keys: std::sync::atomic::AtomicBool::new(false),
             config: config.clone(),
         })
+    }
+
+    /// Public keys are coming from a JWKS URL: until the first set arrives, tokens that
+    /// need one are refused with [`KEYS_NOT_LOADED`] (an outage, not a bad token).
+    pub fn await_remote_keys(&self) {
+        if self.public.load().is_empty() {
+            self.awaiting_keys
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the public keys with the set in `jwks` (a rotated file, a refreshed
+    /// URL); returns how many keys it holds.
+    ///
+    /// # Errors
+    /// The document does not parse; the keys in use stay.
+    pub fn replace_public_keys(&self, jwks: &str) -> Result<usize, String> {
+        let keys = parse_jwks(jwks)?;
+        let count = keys.len();
+        self.public.store(std::sync::Arc::new(keys));
+        self.awaiting_keys
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// How many public keys are loaded.
+    pub fn public_key_count(&self) -> usize {
+        self.public.load().len()
     }
 
     /// Checks `token` and returns who it names.
@@ -292,10 +338,18 @@ impl Verifier {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Rejected("malformed token".to_owned()))?;
+        let public;
         let key = match header.alg {
             Algorithm::HS256 => &self.hs256,
             Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA => {
-                let found = self.public.iter().find(|(kid, algorithm, _)| {
+                if self
+                    .awaiting_keys
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Err(Rejected(KEYS_NOT_LOADED.to_owned()));
+                }
+                public = self.public.load();
+                let found = public.iter().find(|(kid, algorithm, _)| {
                     *algorithm == header.alg
                         && (header.kid.is_none() || header.kid.as_ref() == kid.as_ref())
                 });

@@ -73,6 +73,9 @@ pub struct Config {
     /// trace id. Off by default, as in Envoy: at the edge's request rates it is a cost.
     #[serde(default)]
     pub access_log: bool,
+    /// Public keys for tokens from a JWKS URL, refreshed in the background.
+    #[serde(default)]
+    pub jwks: crate::jwks::JwksConfig,
     /// TLS on `listen.http` (ALPN h2 and http/1.1); plain HTTP when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -126,6 +129,7 @@ impl Default for Config {
             circuit_breakers: BTreeMap::new(),
             access_log: false,
             tls: None,
+            jwks: crate::jwks::JwksConfig::default(),
         }
     }
 }
@@ -253,6 +257,9 @@ impl ServiceConfig for Config {
         self.outlier_detection
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("outlier_detection.{key}"), reason))?;
+        self.jwks
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("jwks.{key}"), reason))?;
         for (cluster, check) in &self.health_checks {
             check.validate().map_err(|(key, reason)| {
                 Invalid::new(format!("health_checks.{cluster}.{key}"), reason)

@@ -14,6 +14,7 @@ mod config;
 mod error;
 mod filewatch;
 pub mod health;
+pub mod jwks;
 pub mod live;
 pub mod metrics;
 pub mod proxy;
@@ -169,6 +170,24 @@ impl App {
             omnimesh_common::auth::Verifier::load(&config.auth)
                 .map_err(|error| Error::Auth(error.to_string()))?,
         );
+        if !config.jwks.url.is_empty() {
+            verifier.await_remote_keys();
+            tokio::spawn(jwks::follow_url(
+                config.jwks.clone(),
+                Arc::clone(&verifier),
+                jwks::JwksMetrics::register(metrics.registry_mut()),
+                stop.clone(),
+            ));
+        }
+        if let Some(path) = &config.auth.jwks_file {
+            let watch = filewatch::FileWatch::new(path)
+                .map_err(|error| Error::Auth(format!("watching {}: {error}", path.display())))?;
+            tokio::spawn(jwks::follow_file(
+                watch,
+                Arc::clone(&verifier),
+                stop.clone(),
+            ));
+        }
         let proxy = Arc::new(proxy::Proxy::new(proxy::Parts {
             live: Arc::clone(&live),
             balancers: balancers.clone(),

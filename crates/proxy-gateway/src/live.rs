@@ -134,7 +134,7 @@ pub fn static_sets(config: &Config) -> Endpoints {
 }
 
 /// The keys only a restart can change, and how to read them.
-fn restart_only(config: &Config) -> [(&'static str, String); 11] {
+fn restart_only(config: &Config) -> [(&'static str, String); 12] {
     [
         ("listen", format!("{:?}", config.listen)),
         ("server", format!("{:?}", config.server)),
@@ -143,6 +143,7 @@ fn restart_only(config: &Config) -> [(&'static str, String); 11] {
         ("auth", format!("{:?}", config.auth)),
         ("redis", format!("{:?}", config.redis)),
         ("tls", format!("{:?}", config.tls)),
+        ("jwks", format!("{:?}", config.jwks)),
         (
             "admin_requires_token",
             config.admin_requires_token.to_string(),

@@ -1016,10 +1016,18 @@ impl Proxy {
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`".to_owned()))?;
-        let identity = self
-            .verifier
-            .verify(token.trim())
-            .map_err(|rejected| unauthenticated(rejected.0))?;
+        let identity = self.verifier.verify(token.trim()).map_err(|rejected| {
+            if rejected.0 == omnimesh_common::auth::KEYS_NOT_LOADED {
+                // The identity provider has not answered yet: an outage, not a bad token.
+                (
+                    tonic::Code::Unavailable,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    rejected.0,
+                )
+            } else {
+                unauthenticated(rejected.0)
+            }
+        })?;
         if identity.role < role {
             return Err((
                 tonic::Code::PermissionDenied,

@@ -2,6 +2,7 @@
 
 mod admin;
 mod hostile;
+mod jwks;
 mod protocols;
 mod proxy;
 mod ratelimit;
