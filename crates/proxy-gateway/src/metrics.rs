@@ -48,6 +48,8 @@ pub struct GatewayMetrics {
     durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
     /// Retries sent, by cluster.
     pub retries: Family<ClusterLabels, Counter>,
+    /// Hedged tries sent, by cluster.
+    pub hedges: Family<ClusterLabels, Counter>,
     /// Retries refused by the budget, by cluster.
     pub budget_exhausted: Family<ClusterLabels, Counter>,
     /// Requests refused because their cluster had too many open, by cluster.
@@ -159,6 +161,7 @@ impl GatewayMetrics {
             durations: Family::new_with_constructor(histogram),
             retries: Family::default(),
             budget_exhausted: Family::default(),
+            hedges: Family::default(),
             ejections: Family::default(),
             overflow: Family::default(),
             auth_denied: Family::default(),
@@ -181,6 +184,11 @@ impl GatewayMetrics {
             "gateway_retries",
             "Tries sent again to another endpoint",
             this.retries.clone(),
+        );
+        registry.register(
+            "gateway_hedges",
+            "Second tries sent because the first was slow (hedging)",
+            this.hedges.clone(),
         );
         registry.register(
             "gateway_retry_budget_exhausted",

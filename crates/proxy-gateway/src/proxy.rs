@@ -733,7 +733,14 @@ impl Proxy {
 
         let attempt = async {
             let mut tried: Vec<Arc<Backend>> = Vec::new();
+            let mut retries = 0_u32;
             loop {
+                if retries > 0 {
+                    let wait = route.retry.backoff_for(retries, crate::balance::random());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 let balancers = Arc::clone(&self.balancers.borrow());
                 let limit = serving.config.max_requests(cluster);
                 if limit != 0 && balancers.open_requests(cluster) >= limit {
@@ -762,71 +769,89 @@ impl Proxy {
                     );
                 };
                 tried.push(Arc::clone(&backend));
-                let retries_left = (tried.len() as u32) <= route.retry.max_retries;
                 let replayable = prepared.replayable();
-                let Some(body) = prepared.body() else {
+                let Some(upstream) =
+                    upstream_request(&mut prepared, &parts, &backend.endpoint.address, grpc)
+                else {
                     return fail(
                         tonic::Code::Unavailable,
                         StatusCode::BAD_GATEWAY,
                         "the request body was already sent",
                     );
                 };
-                let mut upstream = Request::from_parts(parts.clone(), body);
-                match upstream_uri(&backend.endpoint.address, &parts) {
-                    Some(uri) => *upstream.uri_mut() = uri,
-                    None => {
-                        return fail(
-                            tonic::Code::Internal,
-                            StatusCode::BAD_GATEWAY,
-                            "bad upstream address",
-                        );
-                    }
-                }
-                // The upstream is addressed by its own name (a mesh sidecar in front of it
-                // routes on it); the client's host travels in `x-forwarded-host`. HTTP/2
-                // carries it in `:authority`, from the URI, so no `host` header goes along.
-                if grpc {
-                    *upstream.version_mut() = Version::HTTP_2;
-                    upstream.headers_mut().remove(header::HOST);
-                } else {
-                    *upstream.version_mut() = Version::HTTP_11;
-                    let host = upstream
-                        .uri()
-                        .authority()
-                        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
-                    if let Some(host) = host {
-                        upstream.headers_mut().insert(header::HOST, host);
-                    }
-                }
-                let guard = backend.start();
-                let sent = if grpc {
-                    self.h2.request(upstream)
-                } else {
-                    self.h1.request(upstream)
-                };
-                let cluster = ClusterLabels {
+                let cluster_labels = ClusterLabels {
                     cluster: cluster.to_owned(),
                 };
+                let per_try = route.retry.per_try_timeout;
+                let first = self.try_once(backend, upstream, grpc, per_try);
+                let hedge = route
+                    .retry
+                    .hedge_after
+                    .filter(|_| idempotent && replayable && retries < route.retry.max_retries);
+                let (backend, guard, answered) = match hedge {
+                    None => first.await,
+                    Some(delay) => {
+                        tokio::pin!(first);
+                        tokio::select! {
+                            done = &mut first => done,
+                            () = tokio::time::sleep(delay) => {
+                                // Slow: a second try elsewhere, if the budget allows.
+                                let second = balancers
+                                    .pick_in(cluster, destination.subset, &tried)
+                                    .filter(|_| self.budget.withdraw())
+                                    .and_then(|other| {
+                                        let request = upstream_request(
+                                            &mut prepared,
+                                            &parts,
+                                            &other.endpoint.address,
+                                            grpc,
+                                        )?;
+                                        Some((other, request))
+                                    });
+                                match second {
+                                    None => first.await,
+                                    Some((other, request)) => {
+                                        tried.push(Arc::clone(&other));
+                                        retries += 1;
+                                        self.metrics.hedges.get_or_create(&cluster_labels).inc();
+                                        let second = self.try_once(other, request, grpc, per_try);
+                                        tokio::pin!(second);
+                                        // The first good answer wins; the other try is
+                                        // cancelled when its future is dropped.
+                                        tokio::select! {
+                                            a = &mut first => if good(&a.2, grpc) { a } else { second.await },
+                                            b = &mut second => if good(&b.2, grpc) { b } else { first.await },
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
+                let retries_left = retries < route.retry.max_retries;
                 let can_retry = |reached: bool| {
                     if !(retries_left && replayable && (!reached || idempotent)) {
                         return false;
                     }
                     if self.budget.withdraw() {
-                        self.metrics.retries.get_or_create(&cluster).inc();
+                        self.metrics.retries.get_or_create(&cluster_labels).inc();
                         true
                     } else {
-                        self.metrics.budget_exhausted.get_or_create(&cluster).inc();
+                        self.metrics
+                            .budget_exhausted
+                            .get_or_create(&cluster_labels)
+                            .inc();
                         false
                     }
                 };
                 let outcome = Outcome {
                     backend: Arc::clone(&backend),
                     balancers: Arc::clone(&balancers),
-                    cluster: cluster.clone(),
+                    cluster: cluster_labels.clone(),
                     policy: serving.config.outlier_detection,
                     metrics: Arc::clone(&self.metrics),
                 };
-                match sent.await {
+                match answered {
                     Ok(mut response) => {
                         let trailers_only = response.headers().get("grpc-status");
                         if grpc {
@@ -847,6 +872,7 @@ impl Proxy {
                                 StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                             );
                         if (unavailable || overloaded) && can_retry(true) {
+                            retries += 1;
                             continue;
                         }
                         strip_hop_by_hop(response.headers_mut());
@@ -863,11 +889,28 @@ impl Proxy {
                             .boxed_unsync()
                         });
                     }
-                    Err(error) => {
+                    Err(TryError::Timeout(after)) => {
+                        outcome.report(true);
+                        tracing::debug!(endpoint = %backend.endpoint.id, ?after, "upstream try timed out");
+                        if can_retry(true) {
+                            retries += 1;
+                            continue;
+                        }
+                        return fail(
+                            tonic::Code::DeadlineExceeded,
+                            StatusCode::GATEWAY_TIMEOUT,
+                            &format!(
+                                "upstream {} did not answer within {}",
+                                backend.endpoint.id,
+                                humantime::format_duration(after)
+                            ),
+                        );
+                    }
+                    Err(TryError::Upstream(error)) => {
                         let reached = !error.is_connect();
                         if !reached {
                             if !backend.ejected() {
-                                self.metrics.ejections.get_or_create(&cluster).inc();
+                                self.metrics.ejections.get_or_create(&cluster_labels).inc();
                             }
                             backend.unreachable(&serving.config.outlier_detection);
                         }
@@ -880,6 +923,7 @@ impl Proxy {
                             );
                         }
                         if can_retry(reached) {
+                            retries += 1;
                             continue;
                         }
                         return fail(
@@ -1088,6 +1132,90 @@ impl<B: hyper::body::Body<Data = Bytes>> hyper::body::Body for Metered<B> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Why a try produced no response.
+enum TryError {
+    /// The client failed: connecting, sending, or reading the head.
+    Upstream(hyper_util::client::legacy::Error),
+    /// No answer within the per-try timeout.
+    Timeout(Duration),
+}
+
+/// What one try produced: its endpoint, the endpoint's in-flight guard, the answer.
+type Tried = (
+    Arc<Backend>,
+    crate::balance::InFlight,
+    Result<Response<Incoming>, TryError>,
+);
+
+/// Whether an answer is good enough to win a hedge race.
+fn good(answer: &Result<Response<Incoming>, TryError>, grpc: bool) -> bool {
+    match answer {
+        Ok(response) if grpc => response
+            .headers()
+            .get("grpc-status")
+            .is_none_or(|code| !grpc_failure(code.as_bytes())),
+        Ok(response) => !response.status().is_server_error(),
+        Err(_) => false,
+    }
+}
+
+/// The request for one try at `address`: the prepared body (a copy when buffered), the
+/// URI on the endpoint, HTTP/2 for gRPC, else HTTP/1.1 with the upstream's `Host`.
+/// `None` when the body was streamed to an earlier try already.
+fn upstream_request(
+    prepared: &mut Prepared,
+    parts: &http::request::Parts,
+    address: &str,
+    grpc: bool,
+) -> Option<Request<Body>> {
+    let body = prepared.body()?;
+    let mut upstream = Request::from_parts(parts.clone(), body);
+    *upstream.uri_mut() = upstream_uri(address, parts)?;
+    // The upstream is addressed by its own name (a mesh sidecar in front of it routes on
+    // it); the client's host travels in `x-forwarded-host`. HTTP/2 carries it in
+    // `:authority`, from the URI, so no `host` header goes along.
+    if grpc {
+        *upstream.version_mut() = Version::HTTP_2;
+        upstream.headers_mut().remove(header::HOST);
+    } else {
+        *upstream.version_mut() = Version::HTTP_11;
+        let host = upstream
+            .uri()
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+        if let Some(host) = host {
+            upstream.headers_mut().insert(header::HOST, host);
+        }
+    }
+    Some(upstream)
+}
+
+impl Proxy {
+    /// Sends one try to `backend`, holding its in-flight count, within `per_try`.
+    async fn try_once(
+        &self,
+        backend: Arc<Backend>,
+        request: Request<Body>,
+        grpc: bool,
+        per_try: Option<Duration>,
+    ) -> Tried {
+        let guard = backend.start();
+        let sent = if grpc {
+            self.h2.request(request)
+        } else {
+            self.h1.request(request)
+        };
+        let answered = match per_try {
+            None => sent.await.map_err(TryError::Upstream),
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(answered) => answered.map_err(TryError::Upstream),
+                Err(_) => Err(TryError::Timeout(limit)),
+            },
+        };
+        (backend, guard, answered)
     }
 }
 

@@ -113,10 +113,56 @@ pub struct RetryPolicy {
     /// methods only when the request never reached the upstream.
     #[serde(default = "default_true")]
     pub idempotent: bool,
+    /// How long one try may take before it counts as failed (and, when idempotent, is
+    /// tried again elsewhere); only the route's `timeout` when absent.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    /// The first retry waits a random time up to this; each further one up to twice as
+    /// long ("full jitter"), at most `max_backoff`.
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    /// The longest wait before a retry.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// For idempotent methods: when the first try has not answered after this long, a
+    /// second one goes to another endpoint, and the first good answer wins (within the
+    /// retry budget). Off when absent.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hedge_after: Option<Duration>,
 }
 
 fn default_retries() -> u32 {
     2
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_millis(250)
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (1 for the first): random, up to
+    /// `backoff × 2^(retry − 1)`, at most `max_backoff`.
+    pub fn backoff_for(&self, retry: u32, roll: u64) -> Duration {
+        let ceiling = self
+            .backoff
+            .saturating_mul(1 << retry.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+        if ceiling_us == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(roll % (ceiling_us + 1))
+    }
 }
 fn default_true() -> bool {
     true
@@ -127,6 +173,10 @@ impl Default for RetryPolicy {
         Self {
             max_retries: default_retries(),
             idempotent: true,
+            per_try_timeout: None,
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+            hedge_after: None,
         }
     }
 }
@@ -300,6 +350,32 @@ impl Route {
     /// Neither or both of `cluster` and `split`; a split whose weights do not add up to
     /// 100, or that names a cluster twice or an empty one.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.timeout.is_zero() {
+            return Err(("timeout", "must be longer than 0 s".into()));
+        }
+        if self
+            .retry
+            .per_try_timeout
+            .is_some_and(|t| t.is_zero() || t > self.timeout)
+        {
+            return Err((
+                "retry",
+                "per_try_timeout must be positive and at most the route's timeout".into(),
+            ));
+        }
+        if self
+            .retry
+            .hedge_after
+            .is_some_and(|t| t.is_zero() || t >= self.timeout)
+        {
+            return Err((
+                "retry",
+                "hedge_after must be positive and shorter than the route's timeout".into(),
+            ));
+        }
+        if self.retry.max_backoff < self.retry.backoff {
+            return Err(("retry", "max_backoff must be at least backoff".into()));
+        }
         if self.name.as_deref().is_some_and(str::is_empty) {
             return Err(("name", "must not be empty".into()));
         }
@@ -551,6 +627,26 @@ mod tests {
         );
         assert_eq!(route.cluster_for(u64::MAX), "stable"); // 15 % 100
         assert_eq!(Route::prefix("/", "one").cluster_for(7), "one");
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_doubling_up_to_the_cap() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.backoff_for(1, 0), Duration::ZERO);
+        assert_eq!(policy.backoff_for(1, 25_000), Duration::from_millis(25));
+        assert_eq!(policy.backoff_for(1, 25_001), Duration::ZERO);
+        assert_eq!(policy.backoff_for(2, 50_000), Duration::from_millis(50));
+        for roll in [0, 7, 123_456_789, u64::MAX] {
+            assert!(policy.backoff_for(30, roll) <= Duration::from_millis(250));
+        }
+        let bad = Route {
+            retry: RetryPolicy {
+                per_try_timeout: Some(Duration::from_secs(60)),
+                ..RetryPolicy::default()
+            },
+            ..Route::prefix("/", "x")
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "retry");
     }
 
     #[test]

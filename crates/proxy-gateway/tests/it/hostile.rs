@@ -116,3 +116,108 @@ async fn garbage_after_the_http2_preface_ends_the_connection() {
     assert!(frame_types.contains(&7), "no GOAWAY in {frame_types:?}");
     still_serving(&server).await;
 }
+
+/// A gateway routing the engine's calls to a real tonic Echo upstream.
+async fn gateway_to_engine(dir: &std::path::Path) -> (TestServer, crate::proxy::Running) {
+    let (engine, running) = crate::proxy::upstream("a");
+    let mut config = Config::for_test(dir);
+    config.upstreams.clusters =
+        std::collections::BTreeMap::from([("core-engine".to_owned(), vec![engine.to_string()])]);
+    let app = App::build(config).await.unwrap();
+    let admin = omnimesh_test_support::bind().await;
+    let server =
+        TestServer::start(|http, shutdown| app.serve(Listeners { http, admin }, shutdown)).await;
+    (server, running)
+}
+
+/// Sends `body` as a gRPC Echo call over HTTP/2; the gRPC status and message, from the
+/// headers (trailers-only) or the trailers.
+async fn raw_grpc(server: &TestServer, body: Vec<u8>) -> (String, String) {
+    use http_body_util::BodyExt as _;
+    let stream = TcpStream::connect(server.addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://gateway/omnimesh.engine.v1.Engine/Echo")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let header = |map: &http::HeaderMap, name: &str| {
+        map.get(name).map(|v| v.to_str().unwrap_or("").to_owned())
+    };
+    if let Some(status) = header(response.headers(), "grpc-status") {
+        let message = header(response.headers(), "grpc-message").unwrap_or_default();
+        return (status, message);
+    }
+    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the body ends within 10 s")
+        .unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    (
+        header(&trailers, "grpc-status").unwrap_or_else(|| "missing".into()),
+        header(&trailers, "grpc-message").unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn invalid_grpc_framing_gets_a_grpc_error_and_the_gateway_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _engine) = gateway_to_engine(dir.path()).await;
+    let cases: [(&str, Vec<u8>); 4] = [
+        // A frame announcing 100 bytes that carries 3.
+        ("truncated frame", vec![0, 0, 0, 0, 100, 1, 2, 3]),
+        // Half a frame header.
+        ("short header", vec![0, 0]),
+        // The compressed flag without a grpc-encoding.
+        ("compressed without encoding", vec![1, 0, 0, 0, 0]),
+        // A frame announcing 4 GiB − 1.
+        ("huge length", vec![0, 0xff, 0xff, 0xff, 0xff, 0]),
+    ];
+    for (what, body) in cases {
+        let (status, message) = raw_grpc(&server, body).await;
+        assert!(
+            status != "0" && status != "missing" && status.parse::<u8>().is_ok(),
+            "{what}: grpc-status {status:?} ({message})"
+        );
+    }
+    // A well-formed call still works.
+    let mut good = Vec::from([0_u8, 0, 0, 0, 4]);
+    good.extend_from_slice(&[10, 2, b'o', b'k']); // EchoRequest { payload: "ok" }
+    let (status, _) = raw_grpc(&server, good).await;
+    assert_eq!(status, "0");
+    still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn invalid_grpc_web_text_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _engine) = gateway_to_engine(dir.path()).await;
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    let body = "!!!! not base64 ####";
+    let request = format!(
+        "POST /omnimesh.engine.v1.Engine/Echo HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/grpc-web-text\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("grpc-status: 13")
+            || answer.contains("grpc-status:13")
+            || answer.contains("grpc-status: 3"),
+        "{answer}"
+    );
+    still_serving(&server).await;
+}

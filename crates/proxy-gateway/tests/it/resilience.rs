@@ -374,3 +374,91 @@ async fn a_cluster_at_its_request_limit_fails_fast() {
             .contains("gateway_overflow_total{cluster=\"core-engine\"} 1")
     );
 }
+
+/// Two replicas, `slow` holding every `hold` call, `fast` answering at once; the route
+/// to them with `retry`.
+async fn slow_and_fast(
+    dir: &std::path::Path,
+    retry: proxy_gateway::route::RetryPolicy,
+) -> (Upstream, Upstream, Gateway) {
+    let slow = start_upstream("slow").await;
+    let fast = start_upstream("fast").await;
+    fast.engine
+        .release
+        .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    let mut config = config(dir, &[&slow, &fast]);
+    config.routes = Some(vec![proxy_gateway::route::Route {
+        retry,
+        ..proxy_gateway::route::Route::prefix("/omnimesh.engine.v1.", "core-engine")
+    }]);
+    let gateway = gateway(config).await;
+    (slow, fast, gateway)
+}
+
+async fn hold_call(client: &mut EngineClient<tonic::transport::Channel>) -> Result<String, Status> {
+    let response = client
+        .echo(pb::EchoRequest {
+            payload: b"hold".to_vec(),
+        })
+        .await?;
+    Ok(response
+        .metadata()
+        .get("x-upstream")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_past_its_per_try_timeout_is_retried_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let retry = proxy_gateway::route::RetryPolicy {
+        per_try_timeout: Some(Duration::from_millis(100)),
+        ..proxy_gateway::route::RetryPolicy::default()
+    };
+    let (_slow, _fast, gateway) = slow_and_fast(dir.path(), retry).await;
+    let mut client = EngineClient::new(gateway.server.channel().await);
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(hold_call(&mut client).await.unwrap(), "fast");
+    }
+    // Each call waits at most one per-try timeout and one back-off.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = metrics(gateway.admin).await;
+    assert!(
+        text.contains("gateway_retries_total{cluster=\"core-engine\"}"),
+        "some calls went to the slow replica first and were retried: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_idempotent_call_is_hedged_and_the_fast_answer_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let retry = proxy_gateway::route::RetryPolicy {
+        hedge_after: Some(Duration::from_millis(30)),
+        ..proxy_gateway::route::RetryPolicy::default()
+    };
+    let (slow, _fast, gateway) = slow_and_fast(dir.path(), retry).await;
+    let mut client = EngineClient::new(gateway.server.channel().await);
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(hold_call(&mut client).await.unwrap(), "fast");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let text = metrics(gateway.admin).await;
+    assert!(
+        text.contains("gateway_hedges_total{cluster=\"core-engine\"}"),
+        "{text}"
+    );
+    // The slow replica's held calls were cancelled with their hedges' wins: releasing
+    // them now harms nothing.
+    slow.engine.release.add_permits(64);
+}
