@@ -128,6 +128,7 @@ bench-controller:
 # ends with its ratio line.
 bench-gateway:
 	bash bench/gateway/run.sh
+	bash bench/gateway/jwt.sh
 
 # Coverage-guided fuzzing of the interpreter (libFuzzer through cargo-fuzz, installed from
 # crates.io when missing), seeded with every labelled line. FUZZ_SECONDS bounds the run.

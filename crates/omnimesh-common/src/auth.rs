@@ -224,7 +224,22 @@ pub struct Verifier {
     public: arc_swap::ArcSwap<Vec<PublicKey>>,
     /// Keys are expected from a JWKS URL and none has arrived yet.
     awaiting_keys: std::sync::atomic::AtomicBool,
+    /// Tokens verified already: token → (who, valid until (unix s), key generation). A
+    /// token is checked in full once; later requests with it cost one lookup, until it
+    /// expires or the public keys change.
+    verified: quick_cache::sync::Cache<String, (Identity, u64, u64)>,
+    /// Bumped whenever the public keys change, retiring cached verifications.
+    key_generation: std::sync::atomic::AtomicU64,
     config: AuthConfig,
+}
+
+/// Verified tokens remembered (about 300 bytes each).
+const VERIFIED_CACHE_ENTRIES: usize = 16_384;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 impl std::fmt::Debug for Verifier {
@@ -293,6 +308,8 @@ impl Verifier {
             hs256,
             public: arc_swap::ArcSwap::from_pointee(public),
             awaiting_keys: std::sync::atomic::AtomicBool::new(false),
+            verified: quick_cache::sync::Cache::new(VERIFIED_CACHE_ENTRIES),
+            key_generation: std::sync::atomic::AtomicU64::new(0),
             config: config.clone(),
         })
     }
@@ -315,6 +332,8 @@ impl Verifier {
         let keys = parse_jwks(jwks)?;
         let count = keys.len();
         self.public.store(std::sync::Arc::new(keys));
+        self.key_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.awaiting_keys
             .store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(count)
@@ -336,6 +355,27 @@ impl Verifier {
                 "token longer than {MAX_TOKEN_BYTES} bytes"
             )));
         }
+        let generation = self
+            .key_generation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some((identity, valid_until, verified_with)) = self.verified.get(token) {
+            if verified_with == generation && unix_now() <= valid_until {
+                return Ok(identity);
+            }
+            self.verified.remove(token);
+        }
+        let (identity, expires) = self.verify_in_full(token)?;
+        // `exp` plus the leeway the full check allows.
+        let valid_until = expires.saturating_add(self.config.leeway.as_secs());
+        self.verified.insert(
+            token.to_owned(),
+            (identity.clone(), valid_until, generation),
+        );
+        Ok(identity)
+    }
+
+    /// Checks `token`'s signature and claims; who it names and its `exp`.
+    fn verify_in_full(&self, token: &str) -> Result<(Identity, u64), Rejected> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Rejected("malformed token".to_owned()))?;
         let public;
@@ -399,7 +439,12 @@ impl Verifier {
             _ => None,
         }
         .unwrap_or(Role::Viewer);
-        Ok(Identity { subject, role })
+        // `exp` is required and was checked above.
+        let expires = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        Ok((Identity { subject, role }, expires))
     }
 }
 
@@ -665,6 +710,39 @@ mod tests {
             verifier.verify(&forged_header),
             Err(Rejected("no RS256 key matches the token".into()))
         );
+    }
+
+    #[test]
+    fn remembered_tokens_still_expire_and_key_changes_forget_them() {
+        let (_dir, verifier, issuer) = setup();
+        let token = issuer.issue("ops", Role::Operator, Duration::from_secs(60));
+        let first = verifier.verify(&token).unwrap();
+        assert_eq!(verifier.verified.len(), 1);
+        assert_eq!(verifier.verify(&token).unwrap(), first, "from the cache");
+        // An entry past its validity is not trusted: the token is checked again (and
+        // here, doctored to look expired, refused).
+        let generation = verifier
+            .key_generation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let forged = format!("{token}x");
+        verifier
+            .verified
+            .insert(forged.clone(), (first.clone(), unix_now() - 1, generation));
+        assert!(
+            verifier.verify(&forged).is_err(),
+            "an expired entry is re-checked"
+        );
+        assert!(verifier.verified.get(forged.as_str()).is_none());
+        // New public keys retire every remembered verification.
+        verifier
+            .verified
+            .insert(forged.clone(), (first, unix_now() + 3600, generation));
+        verifier.replace_public_keys(r#"{"keys":[]}"#).unwrap();
+        assert!(
+            verifier.verify(&forged).is_err(),
+            "re-checked after a key change"
+        );
+        assert!(verifier.verify(&token).is_ok());
     }
 
     #[test]
