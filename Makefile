@@ -152,11 +152,12 @@ fuzz-engine:
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \
 	done
 
-# proxy-gateway's configuration loading, route matching and endpoints file, for
+# proxy-gateway's configuration loading, route matching, endpoints file and traceparent, for
 # FUZZ_SECONDS each.
 fuzz-gateway:
 	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
-	mkdir -p fuzz/corpus/gateway_routes fuzz/corpus/gateway_endpoints
+	mkdir -p fuzz/corpus/gateway_routes fuzz/corpus/gateway_endpoints fuzz/corpus/gateway_traceparent
+	printf '%s' '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' > fuzz/corpus/gateway_traceparent/seed
 	printf '%s\n' 'POST /omnimesh.engine.v1.Engine/Echo x-variant=b host=api.example.com' '[[proxy-gateway.routes]]' \
 	  'match = { prefix = "/omnimesh.engine.v1." }' 'hosts = ["*.example.com"]' 'headers = [["x-variant", "b"]]' \
 	  'split = [{ cluster = "e", subset = "stable", weight = 90 }, { cluster = "e", subset = "canary", weight = 10 }]' \
@@ -165,7 +166,7 @@ fuzz-gateway:
 	printf '%s\n' '[[clusters.core-engine]]' 'address = "10.0.0.5:50051"' 'subset = "stable"' \
 	  '[[clusters.core-engine]]' 'address = "[::1]:50051"' 'weight = 5' 'healthy = false' \
 	  > fuzz/corpus/gateway_endpoints/seed
-	for target in gateway_routes gateway_endpoints; do \
+	for target in gateway_routes gateway_endpoints gateway_traceparent; do \
 	  (cd fuzz && $(CARGO) fuzz run --sanitizer none $$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=2 -rss_limit_mb=1024 -print_final_stats=1) || exit 1; \
 	done

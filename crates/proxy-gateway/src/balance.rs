@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::upstream::{Endpoint, Endpoints};
@@ -18,6 +18,44 @@ use crate::upstream::{Endpoint, Endpoints};
 pub const BASE_EJECTION: Duration = Duration::from_secs(1);
 /// Longest ejection.
 pub const MAX_EJECTION: Duration = Duration::from_secs(30);
+
+/// How a cluster's endpoint is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// The less loaded (open requests per unit of weight) of two random endpoints: the
+    /// default, which steers away from slow endpoints without global coordination.
+    #[default]
+    P2cLeastRequest,
+    /// Each endpoint in turn (weights ignored).
+    RoundRobin,
+    /// At random, in proportion to weight.
+    WeightedRandom,
+}
+
+impl Policy {
+    /// The name in the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::P2cLeastRequest => "p2c_least_request",
+            Policy::RoundRobin => "round_robin",
+            Policy::WeightedRandom => "weighted_random",
+        }
+    }
+}
+
+/// `[proxy-gateway.load_balancing]` (and per cluster in `cluster_load_balancing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancing {
+    /// `p2c_least_request` (default), `round_robin` or `weighted_random`.
+    #[serde(default)]
+    pub policy: Policy,
+    /// An endpoint that joins a serving cluster gets from 10 % to all of its share over
+    /// this long, so a cold replica is not flooded (0: at once).
+    #[serde(default, with = "humantime_serde")]
+    pub slow_start: Duration,
+}
 
 /// Passive outlier detection: `[proxy-gateway.outlier_detection]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -101,6 +139,8 @@ pub struct Backend {
     probe_healthy: std::sync::atomic::AtomicBool,
     /// Probe results in a row agreeing with each other (for the thresholds).
     probe_streak: AtomicU32,
+    /// When it joined a cluster that was already serving (slow start), if it did.
+    joined: Option<Instant>,
 }
 
 /// The clock of ejections.
@@ -110,7 +150,7 @@ fn now_ms() -> u64 {
 }
 
 impl Backend {
-    fn new(endpoint: Endpoint) -> Arc<Self> {
+    fn joining(endpoint: Endpoint, joined: Option<Instant>) -> Arc<Self> {
         Arc::new(Self {
             endpoint,
             in_flight: AtomicU64::new(0),
@@ -119,7 +159,19 @@ impl Backend {
             failures: AtomicU32::new(0),
             probe_healthy: std::sync::atomic::AtomicBool::new(true),
             probe_streak: AtomicU32::new(0),
+            joined,
         })
+    }
+
+    /// Its share of its weight now: rising linearly from 10 % to all of it over
+    /// `slow_start` after it joined a serving cluster; all of it otherwise.
+    pub fn ramp(&self, slow_start: Duration) -> f64 {
+        match self.joined {
+            Some(joined) if !slow_start.is_zero() => {
+                (joined.elapsed().as_secs_f64() / slow_start.as_secs_f64()).clamp(0.1, 1.0)
+            }
+            _ => 1.0,
+        }
     }
 
     /// Whether the active health check lets it take traffic.
@@ -240,8 +292,8 @@ impl Drop for InFlight {
 /// Every cluster's backends.
 #[derive(Debug, Default)]
 pub struct Balancers {
-    /// Cluster → (where its endpoints come from, its backends).
-    clusters: HashMap<String, (&'static str, Vec<Arc<Backend>>)>,
+    /// Cluster → (where its endpoints come from, its backends, the round-robin cursor).
+    clusters: HashMap<String, (&'static str, Vec<Arc<Backend>>, AtomicUsize)>,
 }
 
 /// A random number (fresh `RandomState` keys: cheap, good enough to spread load).
@@ -260,22 +312,25 @@ impl Balancers {
             let old: BTreeMap<&str, &Arc<Backend>> = previous
                 .clusters
                 .get(cluster)
-                .map(|(_, backends)| {
+                .map(|(_, backends, _)| {
                     backends
                         .iter()
                         .map(|backend| (backend.endpoint.id.as_str(), backend))
                         .collect()
                 })
                 .unwrap_or_default();
+            // Endpoints joining a cluster that already served ramp up (slow start);
+            // those a cluster starts with take their full share at once.
+            let joining = previous.clusters.contains_key(cluster);
             let backends = set
                 .endpoints
                 .iter()
                 .map(|endpoint| match old.get(endpoint.id.as_str()) {
                     Some(backend) if backend.endpoint == *endpoint => Arc::clone(backend),
-                    _ => Backend::new(endpoint.clone()),
+                    _ => Backend::joining(endpoint.clone(), joining.then(Instant::now)),
                 })
                 .collect();
-            clusters.insert(cluster.clone(), (set.source, backends));
+            clusters.insert(cluster.clone(), (set.source, backends, AtomicUsize::new(0)));
         }
         Self { clusters }
     }
@@ -293,10 +348,20 @@ impl Balancers {
         subset: &str,
         tried: &[Arc<Backend>],
     ) -> Option<Arc<Backend>> {
-        let usable: Vec<&Arc<Backend>> = self
-            .clusters
-            .get(cluster)?
-            .1
+        self.pick_with(cluster, subset, tried, &LoadBalancing::default())
+    }
+
+    /// Picks by `policy` among the usable endpoints of `cluster` (and `subset`, when
+    /// not empty) that are not in `tried`; ejected ones only when nothing else is left.
+    pub fn pick_with(
+        &self,
+        cluster: &str,
+        subset: &str,
+        tried: &[Arc<Backend>],
+        policy: &LoadBalancing,
+    ) -> Option<Arc<Backend>> {
+        let (_, backends, cursor) = self.clusters.get(cluster)?;
+        let usable: Vec<&Arc<Backend>> = backends
             .iter()
             .filter(|backend| subset.is_empty() || backend.endpoint.subset == subset)
             .filter(|backend| {
@@ -315,37 +380,55 @@ impl Balancers {
         } else {
             admitted
         };
-        match candidates.len() {
-            0 => None,
-            1 => Some(Arc::clone(candidates[0])),
-            n => {
+        let n = candidates.len();
+        if n <= 1 {
+            return candidates.first().map(|backend| Arc::clone(backend));
+        }
+        let weight = |backend: &Backend| {
+            f64::from(backend.endpoint.weight) * backend.ramp(policy.slow_start)
+        };
+        let chosen = match policy.policy {
+            Policy::RoundRobin => candidates[cursor.fetch_add(1, Ordering::Relaxed) % n],
+            Policy::WeightedRandom => {
+                let total: f64 = candidates.iter().map(|backend| weight(backend)).sum();
+                let mut point = (random() >> 11) as f64 / (1_u64 << 53) as f64 * total;
+                let mut chosen = candidates[n - 1];
+                for backend in &candidates {
+                    point -= weight(backend);
+                    if point < 0.0 {
+                        chosen = backend;
+                        break;
+                    }
+                }
+                chosen
+            }
+            Policy::P2cLeastRequest => {
                 let r = random();
                 let first = (r % n as u64) as usize;
                 let mut second = ((r >> 32) % (n as u64 - 1)) as usize;
                 if second >= first {
                     second += 1;
                 }
-                let load = |backend: &Backend| {
-                    (backend.in_flight() + 1) as f64 / f64::from(backend.endpoint.weight)
-                };
+                let load = |backend: &Backend| (backend.in_flight() + 1) as f64 / weight(backend);
                 let (a, b) = (candidates[first], candidates[second]);
-                Some(Arc::clone(if load(b) < load(a) { b } else { a }))
+                if load(b) < load(a) { b } else { a }
             }
-        }
+        };
+        Some(Arc::clone(chosen))
     }
 
     /// Every cluster's backends, by cluster name.
     pub fn clusters(&self) -> impl Iterator<Item = (&str, &'static str, &[Arc<Backend>])> {
         self.clusters
             .iter()
-            .map(|(name, (source, backends))| (name.as_str(), *source, backends.as_slice()))
+            .map(|(name, (source, backends, _))| (name.as_str(), *source, backends.as_slice()))
     }
 
     /// The backends of `cluster` (none when unknown).
     pub fn backends(&self, cluster: &str) -> &[Arc<Backend>] {
         self.clusters
             .get(cluster)
-            .map_or(&[], |(_, backends)| backends.as_slice())
+            .map_or(&[], |(_, backends, _)| backends.as_slice())
     }
 
     /// Requests open now on `cluster`, all endpoints.
@@ -360,7 +443,7 @@ impl Balancers {
     pub fn size(&self, cluster: &str) -> usize {
         self.clusters
             .get(cluster)
-            .map_or(0, |(_, backends)| backends.len())
+            .map_or(0, |(_, backends, _)| backends.len())
     }
 }
 
@@ -513,6 +596,80 @@ mod tests {
     }
 
     #[test]
+    fn round_robin_takes_turns_and_weighted_random_follows_weights() {
+        let balancers = Balancers::rebuild(
+            &Balancers::default(),
+            &sets(vec![endpoint("a", 100, true), endpoint("bb", 300, true)]),
+        );
+        let round_robin = LoadBalancing {
+            policy: Policy::RoundRobin,
+            slow_start: Duration::ZERO,
+        };
+        let turns: Vec<String> = (0..4)
+            .map(|_| {
+                balancers
+                    .pick_with("svc", "", &[], &round_robin)
+                    .unwrap()
+                    .endpoint
+                    .id
+                    .clone()
+            })
+            .collect();
+        assert_eq!(turns, ["a", "bb", "a", "bb"]);
+        let weighted = LoadBalancing {
+            policy: Policy::WeightedRandom,
+            slow_start: Duration::ZERO,
+        };
+        let heavy = (0..4000)
+            .filter(|_| {
+                balancers
+                    .pick_with("svc", "", &[], &weighted)
+                    .unwrap()
+                    .endpoint
+                    .id
+                    == "bb"
+            })
+            .count();
+        // 3 000 expected; binomial(4000, 0.75) has a standard deviation of 27.
+        assert!((2850..=3150).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn endpoints_joining_a_serving_cluster_ramp_up() {
+        let first =
+            Balancers::rebuild(&Balancers::default(), &sets(vec![endpoint("a", 100, true)]));
+        assert_eq!(first.backends("svc")[0].ramp(Duration::from_secs(60)), 1.0);
+        let second = Balancers::rebuild(
+            &first,
+            &sets(vec![endpoint("a", 100, true), endpoint("bb", 100, true)]),
+        );
+        let joined = second
+            .backends("svc")
+            .iter()
+            .find(|backend| backend.endpoint.id == "bb")
+            .unwrap();
+        let ramp = joined.ramp(Duration::from_secs(60));
+        assert!((0.1..0.2).contains(&ramp), "{ramp}");
+        assert_eq!(joined.ramp(Duration::ZERO), 1.0, "slow start off");
+        // Weighted by ramp, the newcomer gets about a tenth of the traffic.
+        let weighted = LoadBalancing {
+            policy: Policy::WeightedRandom,
+            slow_start: Duration::from_secs(60),
+        };
+        let newcomer = (0..4000)
+            .filter(|_| {
+                second
+                    .pick_with("svc", "", &[], &weighted)
+                    .unwrap()
+                    .endpoint
+                    .id
+                    == "bb"
+            })
+            .count();
+        assert!((250..=500).contains(&newcomer), "{newcomer}");
+    }
+
+    #[test]
     fn rebuilding_keeps_the_counts_of_endpoints_that_stay() {
         let first =
             Balancers::rebuild(&Balancers::default(), &sets(vec![endpoint("a", 100, true)]));
@@ -522,8 +679,8 @@ mod tests {
             &first,
             &sets(vec![endpoint("a", 100, true), endpoint("bb", 100, true)]),
         );
-        let again = second.clusters["svc"]
-            .1
+        let again = second
+            .backends("svc")
             .iter()
             .find(|b| b.endpoint.id == "a")
             .unwrap();

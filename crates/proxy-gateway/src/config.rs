@@ -76,6 +76,12 @@ pub struct Config {
     /// Public keys for tokens from a JWKS URL, refreshed in the background.
     #[serde(default)]
     pub jwks: crate::jwks::JwksConfig,
+    /// How endpoints are chosen, for every cluster not in `cluster_load_balancing`.
+    #[serde(default)]
+    pub load_balancing: crate::balance::LoadBalancing,
+    /// Per-cluster load balancing.
+    #[serde(default)]
+    pub cluster_load_balancing: BTreeMap<String, crate::balance::LoadBalancing>,
     /// TLS on `listen.http` (ALPN h2 and http/1.1); plain HTTP when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -94,6 +100,13 @@ fn default_max_requests() -> u64 {
 }
 
 impl Config {
+    /// How `cluster` picks endpoints.
+    pub fn load_balancing_for(&self, cluster: &str) -> &crate::balance::LoadBalancing {
+        self.cluster_load_balancing
+            .get(cluster)
+            .unwrap_or(&self.load_balancing)
+    }
+
     /// The open-request limit of `cluster` (0: none).
     pub fn max_requests(&self, cluster: &str) -> u64 {
         self.circuit_breakers
@@ -130,6 +143,8 @@ impl Default for Config {
             access_log: false,
             tls: None,
             jwks: crate::jwks::JwksConfig::default(),
+            load_balancing: crate::balance::LoadBalancing::default(),
+            cluster_load_balancing: BTreeMap::new(),
         }
     }
 }

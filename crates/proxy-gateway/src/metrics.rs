@@ -34,6 +34,17 @@ pub struct ClusterLabels {
     pub cluster: String,
 }
 
+/// Answers of one endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The cluster.
+    pub cluster: String,
+    /// The endpoint's `host:port`.
+    pub endpoint: String,
+    /// `success` or `failure` (as outlier detection judges it).
+    pub result: &'static str,
+}
+
 /// Per-route events.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -48,6 +59,8 @@ pub struct GatewayMetrics {
     durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
     /// Retries sent, by cluster.
     pub retries: Family<ClusterLabels, Counter>,
+    /// Tries answered by each endpoint, good or failed.
+    pub endpoint_requests: Family<EndpointLabels, Counter>,
     /// Hedged tries sent, by cluster.
     pub hedges: Family<ClusterLabels, Counter>,
     /// Retries refused by the budget, by cluster.
@@ -162,6 +175,7 @@ impl GatewayMetrics {
             retries: Family::default(),
             budget_exhausted: Family::default(),
             hedges: Family::default(),
+            endpoint_requests: Family::default(),
             ejections: Family::default(),
             overflow: Family::default(),
             auth_denied: Family::default(),
@@ -184,6 +198,11 @@ impl GatewayMetrics {
             "gateway_retries",
             "Tries sent again to another endpoint",
             this.retries.clone(),
+        );
+        registry.register(
+            "gateway_endpoint_requests",
+            "Tries by endpoint and result (success, failure as outlier detection judges it)",
+            this.endpoint_requests.clone(),
         );
         registry.register(
             "gateway_hedges",

@@ -251,10 +251,15 @@ fn set_forwarded(headers: &mut HeaderMap, remote: SocketAddr, secure: bool) {
 }
 
 /// Whether the request asks to switch protocols (a WebSocket handshake): HTTP/1.1 with
-/// `Connection: upgrade` and an `Upgrade` header.
+/// `Connection: upgrade` and an `Upgrade` header. `Upgrade: h2c` is not one: RFC 9113
+/// deprecates it, and the request is served over HTTP/1.1 as the RFC allows (clients
+/// that want HTTP/2 use prior knowledge, which the data plane speaks).
 fn is_upgrade(request: &Request<Body>) -> bool {
     request.version() == Version::HTTP_11
-        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|protocol| !protocol.as_bytes().eq_ignore_ascii_case(b"h2c"))
         && request
             .headers()
             .get_all(header::CONNECTION)
@@ -756,7 +761,10 @@ impl Proxy {
                         &format!("{cluster} has {limit} requests open, its limit"),
                     );
                 }
-                let Some(backend) = balancers.pick_in(cluster, destination.subset, &tried) else {
+                let policy = serving.config.load_balancing_for(cluster);
+                let Some(backend) =
+                    balancers.pick_with(cluster, destination.subset, &tried, policy)
+                else {
                     let message = if tried.is_empty() {
                         format!("no healthy endpoint for {cluster}")
                     } else {
@@ -797,7 +805,7 @@ impl Proxy {
                             () = tokio::time::sleep(delay) => {
                                 // Slow: a second try elsewhere, if the budget allows.
                                 let second = balancers
-                                    .pick_in(cluster, destination.subset, &tried)
+                                    .pick_with(cluster, destination.subset, &tried, policy)
                                     .filter(|_| self.budget.withdraw())
                                     .and_then(|other| {
                                         let request = upstream_request(
@@ -908,6 +916,12 @@ impl Proxy {
                     }
                     Err(TryError::Upstream(error)) => {
                         let reached = !error.is_connect();
+                        if reached {
+                            outcome.report(true);
+                        } else {
+                            // Unreachable: ejected at once below.
+                            outcome.count(true);
+                        }
                         if !reached {
                             if !backend.ejected() {
                                 self.metrics.ejections.get_or_create(&cluster_labels).inc();
@@ -1234,7 +1248,21 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Counts the try in the endpoint's metrics.
+    fn count(&self, failed: bool) {
+        self.metrics
+            .endpoint_requests
+            .get_or_create(&crate::metrics::EndpointLabels {
+                cluster: self.cluster.cluster.clone(),
+                endpoint: self.backend.endpoint.address.clone(),
+                result: if failed { "failure" } else { "success" },
+            })
+            .inc();
+    }
+
+    /// Counts the try and tells outlier detection how it went.
     fn report(&self, failed: bool) {
+        self.count(failed);
         if !failed {
             self.backend.answered();
             return;

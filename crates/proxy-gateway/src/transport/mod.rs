@@ -199,11 +199,17 @@ impl GatewayAdminService {
 
     fn list_clusters(&self) -> pb::ListClustersResponse {
         let balancers = Arc::clone(&self.balancers.borrow());
+        let serving = self.live.load();
         let mut clusters: Vec<pb::Cluster> = balancers
             .clusters()
             .map(|(name, source, backends)| pb::Cluster {
                 name: name.to_owned(),
-                load_balancer: "p2c_least_request".to_owned(),
+                load_balancer: serving
+                    .config
+                    .load_balancing_for(name)
+                    .policy
+                    .as_str()
+                    .to_owned(),
                 endpoint_source: source.to_owned(),
                 endpoints: backends
                     .iter()
@@ -350,13 +356,15 @@ impl GatewayAdminService {
         answer.cluster = destination.cluster.to_owned();
         answer.subset = destination.subset.to_owned();
         let balancers = Arc::clone(&self.balancers.borrow());
-        match balancers.pick_in(destination.cluster, destination.subset, &[]) {
+        let policy = serving.config.load_balancing_for(destination.cluster);
+        match balancers.pick_with(destination.cluster, destination.subset, &[], policy) {
             Some(backend) => {
                 steps.push(format!(
-                    "endpoint {} ({} of {} endpoints; the less loaded of two random healthy ones, {} requests open on it)",
+                    "endpoint {} ({} of {} endpoints, by {}; {} requests open on it)",
                     backend.endpoint.address,
                     backend.endpoint.id,
                     balancers.size(destination.cluster),
+                    policy.policy.as_str(),
                     backend.in_flight()
                 ));
                 answer.endpoint = backend.endpoint.address.clone();

@@ -367,3 +367,117 @@ async fn a_grpc_web_get_is_refused_with_405() {
         .unwrap();
     assert_eq!(response.status(), 405);
 }
+
+/// An engine whose EncryptStream answers every chunk at once with the same chunk.
+#[derive(Debug, Clone, Copy)]
+struct Relay;
+
+#[tonic::async_trait]
+impl Engine for Relay {
+    async fn encrypt_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::StreamChunk>>,
+    ) -> Result<
+        tonic::Response<
+            std::pin::Pin<
+                Box<dyn futures::Stream<Item = Result<pb::StreamChunk, tonic::Status>> + Send>,
+            >,
+        >,
+        tonic::Status,
+    > {
+        let incoming = request.into_inner();
+        Ok(tonic::Response::new(Box::pin(incoming)))
+    }
+}
+
+#[tokio::test]
+async fn a_bidirectional_stream_is_full_duplex_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = TestServer::start(|listener, shutdown| {
+        tonic::transport::Server::builder()
+            .add_service(EngineServer::new(Relay))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+    })
+    .await;
+    let server = gateway(
+        dir.path(),
+        &[("core-engine", upstream.addr())],
+        vec![engine_route()],
+    )
+    .await;
+    let mut client =
+        omnimesh_proto::engine::v1::engine_client::EngineClient::new(server.channel().await);
+    let (to_upstream, outgoing) = tokio::sync::mpsc::channel::<pb::StreamChunk>(1);
+    let mut answers = client
+        .encrypt_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    // Each chunk's answer arrives before the next chunk is sent: nothing is buffered
+    // to the end of either direction.
+    for round in 0..100_u32 {
+        let data = round.to_be_bytes().repeat(256);
+        to_upstream
+            .send(pb::StreamChunk {
+                part: Some(pb::stream_chunk::Part::Data(data.clone())),
+            })
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), answers.message())
+            .await
+            .expect("the answer to this chunk, before the next is sent")
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.part, Some(pb::stream_chunk::Part::Data(data)));
+    }
+    drop(to_upstream);
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "the stream ends cleanly"
+    );
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_request_is_served_over_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    // The upstream says whether an upgrade reached it: an h2c upgrade must not.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|request: http::Request<_>| async move {
+                let upgrade = request.headers().contains_key("upgrade");
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                    if upgrade { "upgrade leaked" } else { "plain" },
+                ))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let server = gateway(dir.path(), &[("terminal", upstream)], vec![ws_route()]).await;
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0_u8; 4096];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("plain"), "{answer}");
+}

@@ -185,11 +185,13 @@ async fn a_failing_endpoint_is_ejected_and_later_readmitted() {
         ),
         "{endpoint:?}"
     );
-    assert!(
-        metrics(gateway.admin)
-            .await
-            .contains("gateway_ejections_total{cluster=\"core-engine\"}")
+    let text = metrics(gateway.admin).await;
+    assert!(text.contains("gateway_ejections_total{cluster=\"core-engine\"}"));
+    let bad_failures = format!(
+        "gateway_endpoint_requests_total{{cluster=\"core-engine\",endpoint=\"{}\",result=\"failure\"}} {failed}",
+        bad.server.addr()
     );
+    assert!(text.contains(&bad_failures), "{bad_failures} in {text}");
 
     // Mended: once its ejection ends it takes traffic again.
     bad.engine.failing.store(false, Ordering::Relaxed);
