@@ -464,3 +464,81 @@ async fn a_slow_idempotent_call_is_hedged_and_the_fast_answer_wins() {
     // them now harms nothing.
     slow.engine.release.add_permits(64);
 }
+
+/// An engine whose Echo always answers UNAVAILABLE (the retryable failure).
+#[derive(Clone, Copy)]
+struct Overloaded;
+
+#[tonic::async_trait]
+impl Engine for Overloaded {
+    async fn echo(
+        &self,
+        _request: Request<pb::EchoRequest>,
+    ) -> Result<Response<pb::EchoResponse>, Status> {
+        Err(Status::unavailable("overloaded on purpose"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_inside_the_retry_budget() {
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(
+            TestServer::start(|listener, shutdown| {
+                tonic::transport::Server::builder()
+                    .add_service(EngineServer::new(Overloaded))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        shutdown,
+                    )
+            })
+            .await,
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.upstreams.clusters = BTreeMap::from([(
+        "core-engine".to_owned(),
+        replicas.iter().map(|r| r.addr().to_string()).collect(),
+    )]);
+    // Keep both replicas in rotation: this test is about the budget, not ejection.
+    config.outlier_detection.consecutive_failures = 1_000_000;
+    let retry = proxy_gateway::route::RetryPolicy {
+        backoff: Duration::from_micros(1),
+        max_backoff: Duration::from_micros(1),
+        ..proxy_gateway::route::RetryPolicy::default()
+    };
+    config.routes = Some(vec![proxy_gateway::route::Route {
+        retry,
+        ..proxy_gateway::route::Route::prefix("/omnimesh.engine.v1.", "core-engine")
+    }]);
+    let gateway = gateway(config).await;
+    let mut client = EngineClient::new(gateway.server.channel().await);
+    let requests = 600_u64;
+    for _ in 0..requests {
+        let status = call(&mut client).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    let text = metrics(gateway.admin).await;
+    let counter = |name: &str| -> u64 {
+        text.lines()
+            .find(|line| line.contains(name))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let retries = counter("gateway_retries_total{cluster=\"core-engine\"}");
+    let refused = counter("gateway_retry_budget_exhausted_total{cluster=\"core-engine\"}");
+    // The budget allows 20 % of the requests plus a reserve of 10 per second over its
+    // 10 s window.
+    assert!(retries > 0, "{text}");
+    assert!(
+        retries <= requests / 5 + 100,
+        "{retries} retries for {requests} requests"
+    );
+    assert!(refused > 0, "the budget refused the rest: {text}");
+    // Each request wanted a retry (a second one only when the first was granted).
+    assert!(
+        (requests..=requests * 2).contains(&(retries + refused)),
+        "{retries} granted + {refused} refused for {requests} requests"
+    );
+}
