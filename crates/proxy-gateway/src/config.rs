@@ -65,6 +65,14 @@ pub struct Config {
     /// `UNAVAILABLE` / 503 instead of piling onto a struggling cluster (0: no limit).
     #[serde(default = "default_max_requests")]
     pub max_requests_per_cluster: u64,
+    /// Connections open at once to one upstream endpoint (HTTP/1.1 carries one request
+    /// at a time on each; HTTP/2 multiplexes on one).
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_endpoint: usize,
+    /// Requests waiting for a connection to one endpoint; more fail at once with
+    /// `UNAVAILABLE` / 503 (or go to another endpoint).
+    #[serde(default = "default_max_pending")]
+    pub max_pending_per_endpoint: usize,
     /// Per-cluster overrides of `max_requests_per_cluster`.
     #[serde(default)]
     pub circuit_breakers: BTreeMap<String, CircuitBreaker>,
@@ -97,6 +105,14 @@ pub struct CircuitBreaker {
 
 fn default_max_requests() -> u64 {
     4096
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_pending() -> usize {
+    1024
 }
 
 impl Config {
@@ -139,6 +155,8 @@ impl Default for Config {
             outlier_detection: crate::balance::OutlierDetection::default(),
             health_checks: BTreeMap::new(),
             max_requests_per_cluster: default_max_requests(),
+            max_connections_per_endpoint: default_max_connections(),
+            max_pending_per_endpoint: default_max_pending(),
             circuit_breakers: BTreeMap::new(),
             access_log: false,
             tls: None,
@@ -287,6 +305,12 @@ impl ServiceConfig for Config {
             return Err(Invalid::new(
                 "header_read_timeout",
                 "must be longer than 0 s",
+            ));
+        }
+        if self.max_connections_per_endpoint == 0 {
+            return Err(Invalid::new(
+                "max_connections_per_endpoint",
+                "must be at least 1",
             ));
         }
         if self.max_request_body_bytes == 0 {

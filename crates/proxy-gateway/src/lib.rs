@@ -11,6 +11,7 @@
 
 pub mod balance;
 mod config;
+pub mod connect;
 mod error;
 mod filewatch;
 pub mod health;
@@ -200,6 +201,8 @@ impl App {
                 gateway_metrics.rate_limit_errors.clone(),
             ),
             export_spans: config.telemetry.otlp_endpoint.is_some(),
+            max_connections_per_endpoint: config.max_connections_per_endpoint,
+            max_pending_per_endpoint: config.max_pending_per_endpoint,
         }));
         tokio::spawn(health::run(
             Arc::clone(&live),

@@ -134,7 +134,7 @@ pub fn static_sets(config: &Config) -> Endpoints {
 }
 
 /// The keys only a restart can change, and how to read them.
-fn restart_only(config: &Config) -> [(&'static str, String); 12] {
+fn restart_only(config: &Config) -> [(&'static str, String); 14] {
     [
         ("listen", format!("{:?}", config.listen)),
         ("server", format!("{:?}", config.server)),
@@ -144,6 +144,14 @@ fn restart_only(config: &Config) -> [(&'static str, String); 12] {
         ("redis", format!("{:?}", config.redis)),
         ("tls", format!("{:?}", config.tls)),
         ("jwks", format!("{:?}", config.jwks)),
+        (
+            "max_connections_per_endpoint",
+            config.max_connections_per_endpoint.to_string(),
+        ),
+        (
+            "max_pending_per_endpoint",
+            config.max_pending_per_endpoint.to_string(),
+        ),
         (
             "admin_requires_token",
             config.admin_requires_token.to_string(),

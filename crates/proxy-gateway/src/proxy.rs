@@ -107,8 +107,8 @@ impl MethodCatalog {
 pub struct Proxy {
     live: Arc<Live>,
     balancers: watch::Receiver<Arc<Balancers>>,
-    h2: Client<HttpConnector, Body>,
-    h1: Client<HttpConnector, Body>,
+    h2: Client<crate::connect::LimitedConnector, Body>,
+    h1: Client<crate::connect::LimitedConnector, Body>,
     catalog: MethodCatalog,
     budget: TpsBudget,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
@@ -403,6 +403,10 @@ pub struct Parts {
     pub shared_limits: crate::ratelimit::Shared,
     /// Whether spans are exported over OTLP.
     pub export_spans: bool,
+    /// Connections open at once to one endpoint.
+    pub max_connections_per_endpoint: usize,
+    /// Requests waiting for one of them.
+    pub max_pending_per_endpoint: usize,
 }
 
 impl Proxy {
@@ -418,10 +422,17 @@ impl Proxy {
             metrics,
             shared_limits,
             export_spans,
+            max_connections_per_endpoint,
+            max_pending_per_endpoint,
         } = parts;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let connector = crate::connect::LimitedConnector::new(
+            connector,
+            max_connections_per_endpoint,
+            max_pending_per_endpoint,
+        );
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_adaptive_window(true)
@@ -739,6 +750,8 @@ impl Proxy {
         let attempt = async {
             let mut tried: Vec<Arc<Backend>> = Vec::new();
             let mut retries = 0_u32;
+            // Why the last endpoint could not take the request, when it was full.
+            let mut overflowed: Option<String> = None;
             loop {
                 if retries > 0 {
                     let wait = route.retry.backoff_for(retries, crate::balance::random());
@@ -765,10 +778,10 @@ impl Proxy {
                 let Some(backend) =
                     balancers.pick_with(cluster, destination.subset, &tried, policy)
                 else {
-                    let message = if tried.is_empty() {
-                        format!("no healthy endpoint for {cluster}")
-                    } else {
-                        format!("every endpoint of {cluster} failed")
+                    let message = match (&overflowed, tried.is_empty()) {
+                        (_, true) => format!("no healthy endpoint for {cluster}"),
+                        (Some(overflow), false) => overflow.clone(),
+                        (None, false) => format!("every endpoint of {cluster} failed"),
                     };
                     return fail(
                         tonic::Code::Unavailable,
@@ -912,6 +925,25 @@ impl Proxy {
                                 backend.endpoint.id,
                                 humantime::format_duration(after)
                             ),
+                        );
+                    }
+                    Err(TryError::Upstream(error))
+                        if crate::connect::overflow_in(&error).is_some() =>
+                    {
+                        // The endpoint is at its connection limits: not its fault (no
+                        // ejection); another endpoint may have room.
+                        self.metrics.overflow.get_or_create(&cluster_labels).inc();
+                        let message = crate::connect::overflow_in(&error)
+                            .map_or_else(String::new, ToString::to_string);
+                        if can_retry(false) {
+                            overflowed = Some(message);
+                            retries += 1;
+                            continue;
+                        }
+                        return fail(
+                            tonic::Code::Unavailable,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &message,
                         );
                     }
                     Err(TryError::Upstream(error)) => {

@@ -542,3 +542,92 @@ async fn retries_stay_inside_the_retry_budget() {
         "{retries} granted + {refused} refused for {requests} requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_at_its_connection_limits_fails_fast_without_ejection() {
+    // An HTTP/1.1 upstream that holds every request until released: each held request
+    // keeps one connection busy.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web = listener.local_addr().unwrap();
+    let gate = Arc::clone(&release);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let gate = Arc::clone(&gate);
+            let service = hyper::service::service_fn(move |_request| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.acquire().await.unwrap().forget();
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"done")),
+                    ))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.upstreams.clusters = BTreeMap::from([("web".to_owned(), vec![web.to_string()])]);
+    config.routes = Some(vec![proxy_gateway::route::Route::prefix("/", "web")]);
+    config.max_connections_per_endpoint = 2;
+    config.max_pending_per_endpoint = 1;
+    let gateway = gateway(config).await;
+    let address = gateway.server.addr();
+    // Two requests hold both connections, a third waits for one.
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(async move {
+                omnimesh_test_support::http::get(address, "/held")
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let admin = gateway.admin;
+    eventually(WAIT, "three requests open", || async move {
+        let mut client = GatewayAdminClient::connect(format!("http://{admin}"))
+            .await
+            .ok()?;
+        let clusters = client
+            .list_clusters(admin_pb::ListClustersRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        (clusters.clusters[0].endpoints[0].active_requests == 3).then_some(())
+    })
+    .await
+    .unwrap();
+    // The fourth finds both connections taken and one request waiting: refused at once.
+    let refused = omnimesh_test_support::http::get(address, "/more")
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("2 connections open and 1 requests waiting"),
+        "{}",
+        refused.body
+    );
+    release.add_permits(3);
+    for request in held {
+        let response = request.await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, "done");
+    }
+    // Not ejected: the endpoint serves the next request.
+    release.add_permits(1);
+    let again = omnimesh_test_support::http::get(address, "/after")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200);
+    assert!(
+        metrics(gateway.admin)
+            .await
+            .contains("gateway_overflow_total{cluster=\"web\"} 1")
+    );
+}
