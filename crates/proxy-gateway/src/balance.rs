@@ -141,6 +141,12 @@ pub struct Backend {
     probe_streak: AtomicU32,
     /// When it joined a cluster that was already serving (slow start), if it did.
     joined: Option<Instant>,
+    /// Its (success, failure) counters in `gateway_endpoint_requests_total`, looked up
+    /// once.
+    pub counters: std::sync::OnceLock<(
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    )>,
 }
 
 /// The clock of ejections.
@@ -160,6 +166,7 @@ impl Backend {
             probe_healthy: std::sync::atomic::AtomicBool::new(true),
             probe_streak: AtomicU32::new(0),
             joined,
+            counters: std::sync::OnceLock::new(),
         })
     }
 

@@ -1282,14 +1282,23 @@ struct Outcome {
 impl Outcome {
     /// Counts the try in the endpoint's metrics.
     fn count(&self, failed: bool) {
-        self.metrics
-            .endpoint_requests
-            .get_or_create(&crate::metrics::EndpointLabels {
-                cluster: self.cluster.cluster.clone(),
-                endpoint: self.backend.endpoint.address.clone(),
-                result: if failed { "failure" } else { "success" },
-            })
-            .inc();
+        let (succeeded, failures) = self.backend.counters.get_or_init(|| {
+            let counter = |result| {
+                self.metrics
+                    .endpoint_requests
+                    .get_or_create_owned(&crate::metrics::EndpointLabels {
+                        cluster: self.cluster.cluster.clone(),
+                        endpoint: self.backend.endpoint.address.clone(),
+                        result,
+                    })
+            };
+            (counter("success"), counter("failure"))
+        });
+        if failed {
+            failures.inc();
+        } else {
+            succeeded.inc();
+        }
     }
 
     /// Counts the try and tells outlier detection how it went.
