@@ -1284,13 +1284,13 @@ impl Outcome {
     fn count(&self, failed: bool) {
         let (succeeded, failures) = self.backend.counters.get_or_init(|| {
             let counter = |result| {
-                self.metrics
-                    .endpoint_requests
-                    .get_or_create_owned(&crate::metrics::EndpointLabels {
+                self.metrics.endpoint_requests.get_or_create_owned(
+                    &crate::metrics::EndpointLabels {
                         cluster: self.cluster.cluster.clone(),
                         endpoint: self.backend.endpoint.address.clone(),
                         result,
-                    })
+                    },
+                )
             };
             (counter("success"), counter("failure"))
         });
