@@ -8,5 +8,6 @@ mod proxy;
 mod ratelimit;
 mod resilience;
 mod serving;
+mod support;
 mod tls;
 mod trace;

@@ -101,21 +101,9 @@ async fn websocket_messages_pass_through_both_ways() {
 async fn an_upstream_that_declines_the_upgrade_is_answered_as_it_answered() {
     let dir = tempfile::tempdir().unwrap();
     // A plain HTTP server: no WebSocket at all.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(|_request| async {
-                let mut response = http::Response::new(Full::new(Bytes::from_static(b"no")));
-                *response.status_mut() = http::StatusCode::NOT_FOUND;
-                Ok::<_, std::convert::Infallible>(response)
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
+    let upstream =
+        crate::support::http_upstream(|_request| async { crate::support::respond(404, "no") })
+            .await;
     let server = gateway(dir.path(), &[("terminal", upstream)], vec![ws_route()]).await;
     let error = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr()))
         .await
@@ -444,22 +432,11 @@ async fn a_bidirectional_stream_is_full_duplex_through_the_gateway() {
 async fn an_h2c_upgrade_request_is_served_over_http1() {
     let dir = tempfile::tempdir().unwrap();
     // The upstream says whether an upgrade reached it: an h2c upgrade must not.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(|request: http::Request<_>| async move {
-                let upgrade = request.headers().contains_key("upgrade");
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
-                    if upgrade { "upgrade leaked" } else { "plain" },
-                ))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
+    let upstream = crate::support::http_upstream(|request: http::Request<_>| async move {
+        let upgrade = request.headers().contains_key("upgrade");
+        crate::support::respond(200, if upgrade { "upgrade leaked" } else { "plain" })
+    })
+    .await;
     let server = gateway(dir.path(), &[("terminal", upstream)], vec![ws_route()]).await;
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(

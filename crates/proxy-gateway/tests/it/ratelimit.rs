@@ -10,31 +10,16 @@ use std::time::Duration;
 
 use omnimesh_common::auth::{AuthConfig, Issuer, Role};
 use omnimesh_proto::engine::v1::engine_client::EngineClient;
+use omnimesh_test_support::eventually;
 use omnimesh_test_support::grpc::authed;
-use omnimesh_test_support::{TestServer, eventually};
+use proxy_gateway::Config;
 use proxy_gateway::ratelimit::{OnError, Policy, RedisConfig};
 use proxy_gateway::route::Route;
-use proxy_gateway::{App, Config, Listeners};
 use tonic::Code;
 
 use crate::proxy::{echo, metrics, upstream};
 
-struct Gateway {
-    server: TestServer,
-    admin: SocketAddr,
-}
-
-async fn gateway(config: Config) -> Gateway {
-    let app = App::build(config).await.unwrap();
-    let admin = omnimesh_test_support::bind().await;
-    let address = admin.local_addr().unwrap();
-    let server =
-        TestServer::start(|http, shutdown| app.serve(Listeners { http, admin }, shutdown)).await;
-    Gateway {
-        server,
-        admin: address,
-    }
-}
+use crate::support::start as gateway;
 
 fn config(dir: &Path, engine: SocketAddr, policy: Policy, route: Route) -> Config {
     let mut config = Config::for_test(dir);
@@ -126,21 +111,9 @@ async fn each_token_subject_gets_its_own_bucket_in_memory() {
 #[tokio::test]
 async fn plain_http_clients_are_limited_by_address_with_retry_after() {
     // An HTTP upstream that answers 200.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let web = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(|_request| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                    bytes::Bytes::from_static(b"ok"),
-                )))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
+    let web =
+        crate::support::http_upstream(|_request| async { crate::support::respond(200, "ok") })
+            .await;
     let dir = tempfile::tempdir().unwrap();
     let route = Route {
         grpc: Some(false),

@@ -15,9 +15,9 @@ use omnimesh_proto::engine::v1::engine_server::{Engine, EngineServer};
 use omnimesh_proto::gateway::v1 as admin_pb;
 use omnimesh_proto::gateway::v1::gateway_admin_client::GatewayAdminClient;
 use omnimesh_test_support::{TestServer, eventually};
+use proxy_gateway::Config;
 use proxy_gateway::balance::OutlierDetection;
 use proxy_gateway::health::{CheckKind, HealthCheck};
-use proxy_gateway::{App, Config, Listeners};
 use tonic::{Code, Request, Response, Status};
 
 use crate::proxy::metrics;
@@ -89,22 +89,7 @@ async fn start_upstream(name: &'static str) -> Upstream {
     }
 }
 
-struct Gateway {
-    server: TestServer,
-    admin: SocketAddr,
-}
-
-async fn gateway(config: Config) -> Gateway {
-    let app = App::build(config).await.unwrap();
-    let admin = omnimesh_test_support::bind().await;
-    let address = admin.local_addr().unwrap();
-    let server =
-        TestServer::start(|http, shutdown| app.serve(Listeners { http, admin }, shutdown)).await;
-    Gateway {
-        server,
-        admin: address,
-    }
-}
+use crate::support::{Gateway, start as gateway};
 
 fn config(dir: &std::path::Path, upstreams: &[&Upstream]) -> Config {
     let mut config = Config::for_test(dir);
@@ -269,30 +254,12 @@ async fn active_grpc_health_checks_take_endpoints_out_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_http_health_checks_follow_the_status_code() {
     let healthy = Arc::new(AtomicBool::new(true));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let web = listener.local_addr().unwrap();
     let flag = Arc::clone(&healthy);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let flag = Arc::clone(&flag);
-            let service = hyper::service::service_fn(move |request: http::Request<_>| {
-                let ok = flag.load(Ordering::Relaxed) || request.uri().path() != "/ready";
-                async move {
-                    let mut response = http::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from_static(b"."),
-                    ));
-                    if !ok {
-                        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
+    let web = crate::support::http_upstream(move |request: http::Request<_>| {
+        let ok = flag.load(Ordering::Relaxed) || request.uri().path() != "/ready";
+        async move { crate::support::respond(if ok { 200 } else { 503 }, ".") }
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_test(dir.path());
     config.upstreams.clusters = BTreeMap::from([("web".to_owned(), vec![web.to_string()])]);
@@ -548,27 +515,15 @@ async fn an_endpoint_at_its_connection_limits_fails_fast_without_ejection() {
     // An HTTP/1.1 upstream that holds every request until released: each held request
     // keeps one connection busy.
     let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let web = listener.local_addr().unwrap();
     let gate = Arc::clone(&release);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let gate = Arc::clone(&gate);
-            let service = hyper::service::service_fn(move |_request| {
-                let gate = Arc::clone(&gate);
-                async move {
-                    gate.acquire().await.unwrap().forget();
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"done")),
-                    ))
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
+    let web = crate::support::http_upstream(move |_request| {
+        let gate = Arc::clone(&gate);
+        async move {
+            gate.acquire().await.unwrap().forget();
+            crate::support::respond(200, "done")
         }
-    });
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_test(dir.path());
     config.upstreams.clusters = BTreeMap::from([("web".to_owned(), vec![web.to_string()])]);

@@ -29,27 +29,15 @@ fn issue(dir: &Path, config: &TlsConfig) -> CertificateDer<'static> {
 }
 
 async fn upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(|request: http::Request<_>| async move {
-                let proto = request
-                    .headers()
-                    .get("x-forwarded-proto")
-                    .map(|v| v.to_str().unwrap().to_owned())
-                    .unwrap_or_default();
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                    bytes::Bytes::from(proto),
-                )))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
-    address
+    crate::support::http_upstream(|request: http::Request<_>| async move {
+        let proto = request
+            .headers()
+            .get("x-forwarded-proto")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        crate::support::respond(200, proto)
+    })
+    .await
 }
 
 /// Connects with TLS trusting `root`, offering `alpn`; the negotiated protocol, the

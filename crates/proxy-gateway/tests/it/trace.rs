@@ -12,31 +12,21 @@ use proxy_gateway::{App, Config, Listeners};
 
 /// An upstream answering with the `traceparent` and `tracestate` it got, one per line.
 async fn reporting_upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(|request: http::Request<_>| async move {
-                let header = |name: &str| {
-                    request
-                        .headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned()
-                };
-                let body = format!("{}\n{}", header("traceparent"), header("tracestate"));
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                    bytes::Bytes::from(body),
-                )))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
-    address
+    crate::support::http_upstream(|request: http::Request<_>| async move {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        crate::support::respond(
+            200,
+            format!("{}\n{}", header("traceparent"), header("tracestate")),
+        )
+    })
+    .await
 }
 
 async fn send(gateway: std::net::SocketAddr, headers: &[(&str, &str)]) -> (String, String) {
