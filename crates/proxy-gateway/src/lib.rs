@@ -135,6 +135,7 @@ impl App {
         };
         let mut metrics = Metrics::new(SERVICE, env!("CARGO_PKG_VERSION"));
         let live = Arc::new(live::Live::new(config.clone(), metrics.registry_mut()));
+        let gateway_metrics = metrics::GatewayMetrics::register(metrics.registry_mut());
         let stop = tokio_util::sync::CancellationToken::new();
         // Static clusters (they change with the config), then the file's, then the
         // registry's: a later source's cluster replaces an earlier one's.
@@ -146,6 +147,7 @@ impl App {
             &merge(&mut layers),
         )));
         let stopped = stop.clone();
+        let merge_metrics = Arc::clone(&gateway_metrics);
         tokio::spawn(async move {
             loop {
                 let changes = futures::future::select_all(
@@ -156,7 +158,9 @@ impl App {
                     () = stopped.cancelled() => return,
                 }
                 let next = balance::Balancers::rebuild(&balancers_tx.borrow(), &merge(&mut layers));
-                balancers_tx.send_replace(Arc::new(next));
+                let previous = balancers_tx.send_replace(Arc::new(next));
+                // Endpoints that left take their series with them.
+                merge_metrics.forget_endpoints(&previous, &balancers_tx.borrow());
             }
         });
         let health = tonic_health::server::HealthReporter::new();
@@ -166,7 +170,6 @@ impl App {
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        let gateway_metrics = metrics::GatewayMetrics::register(metrics.registry_mut());
         let verifier = Arc::new(
             omnimesh_common::auth::Verifier::load(&config.auth)
                 .map_err(|error| Error::Auth(error.to_string()))?,

@@ -304,6 +304,33 @@ impl GatewayMetrics {
             .map_or(0, |counter| counter.get())
     }
 
+    /// Drops the per-endpoint series of endpoints in `before` that are not in `after`
+    /// (so `/metrics` follows the endpoints, not every endpoint ever seen).
+    pub fn forget_endpoints(
+        &self,
+        before: &crate::balance::Balancers,
+        after: &crate::balance::Balancers,
+    ) {
+        for (cluster, _, backends) in before.clusters() {
+            for backend in backends {
+                let stays = after
+                    .backends(cluster)
+                    .iter()
+                    .any(|other| Arc::ptr_eq(other, backend));
+                if stays || backend.counters.get().is_none() {
+                    continue;
+                }
+                for result in ["success", "failure"] {
+                    self.endpoint_requests.remove(&EndpointLabels {
+                        cluster: cluster.to_owned(),
+                        endpoint: backend.endpoint.address.clone(),
+                        result,
+                    });
+                }
+            }
+        }
+    }
+
     /// Requests refused on `route` by its rate limit so far.
     pub fn rate_limited_of(&self, route: &str) -> u64 {
         self.rate_limited

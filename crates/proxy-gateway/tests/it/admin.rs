@@ -392,6 +392,29 @@ async fn endpoints_file_subsets_and_route_weights_move_traffic() {
         .unwrap()
         .into_inner();
     assert_eq!(clusters.clusters[0].endpoints.len(), 2);
+
+    // The canary leaves: its per-endpoint series leave `/metrics` with it.
+    let series = |address: std::net::SocketAddr| {
+        format!(
+            "gateway_endpoint_requests_total{{cluster=\"core-engine\",endpoint=\"{address}\",result=\"success\"}}"
+        )
+    };
+    assert!(metrics(gateway.admin).await.contains(&series(canary)));
+    std::fs::write(
+        &endpoints,
+        format!("[[clusters.core-engine]]\naddress = \"{stable}\"\nsubset = \"stable\"\n"),
+    )
+    .unwrap();
+    let text = eventually(WAIT, "the canary's series to go", || async {
+        let text = metrics(gateway.admin).await;
+        (!text.contains(&series(canary))).then_some(text)
+    })
+    .await
+    .unwrap();
+    assert!(
+        text.contains(&series(stable)),
+        "the stable endpoint's series stays"
+    );
 }
 
 #[tokio::test]
