@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 pub mod grpc;
 pub mod http;
+pub mod otlp;
 pub mod postgres;
 
 /// How long a test waits for a server to stop before failing.

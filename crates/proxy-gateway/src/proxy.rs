@@ -489,7 +489,9 @@ impl Proxy {
         };
         let ours = exported.unwrap_or_else(|| crate::trace::TraceParent::child_of(parent.as_ref()));
         request.headers_mut().insert("traceparent", ours.header());
-        let access = self.live.load().config.access_log.then(|| {
+        // This request keeps the configuration it started with, whatever reloads meanwhile.
+        let serving = self.live.load();
+        let access = serving.config.access_log.then(|| {
             Box::new(crate::metrics::AccessEntry {
                 method: request.method().clone(),
                 path: request.uri().path().to_owned(),
@@ -504,7 +506,7 @@ impl Proxy {
             grpc_status: "",
         };
         let response = Arc::clone(&self)
-            .route_request(request, remote, &mut labels)
+            .route_request(request, remote, serving, &mut labels)
             .await;
         labels.status = response.status().as_u16();
         let trailers_only = response
@@ -535,6 +537,7 @@ impl Proxy {
         self: Arc<Self>,
         request: Request<Body>,
         remote: SocketAddr,
+        serving: Arc<crate::live::Serving>,
         labels: &mut RequestLabels,
     ) -> Response<Body> {
         let grpc = is_grpc(request.headers());
@@ -558,8 +561,6 @@ impl Proxy {
                 http_error(status, message)
             }
         };
-        // This request keeps the configuration it started with, whatever reloads meanwhile.
-        let serving = self.live.load();
         let max_body_bytes = serving.config.max_request_body_bytes;
         let route = {
             let headers = request.headers();

@@ -9,40 +9,13 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use omnimesh_test_support::TestServer;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use proxy_gateway::route::Route;
 use proxy_gateway::trace::TraceParent;
 use proxy_gateway::{App, Config, Listeners};
-use tokio::sync::mpsc;
-
-struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_is_a_server_span_under_the_clients() {
-    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_address = collector.local_addr().unwrap();
-    let (exports, mut received) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(exports)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(collector)),
-    );
+    let (collector_address, mut received) = omnimesh_test_support::otlp::collector().await;
 
     // An upstream that answers with the traceparent it got.
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -188,11 +188,7 @@ async fn grpc_web_call(
     body: Bytes,
 ) -> (u16, String, Vec<(u8, Bytes)>) {
     let stream = TcpStream::connect(gateway).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = crate::support::http1(stream).await;
     let request = http::Request::post("/omnimesh.engine.v1.Engine/Echo")
         .header("host", "gateway")
         .header("content-type", content_type)
@@ -314,11 +310,7 @@ async fn grpc_web_errors_arrive_as_trailers_and_unrouted_calls_are_unimplemented
     let dir = tempfile::tempdir().unwrap();
     let lonely = gateway(dir.path(), &[], vec![ws_route()]).await;
     let stream = TcpStream::connect(lonely.addr()).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = crate::support::http1(stream).await;
     let response = sender
         .send_request(
             http::Request::post("/omnimesh.engine.v1.Engine/Echo")
@@ -338,11 +330,7 @@ async fn a_grpc_web_get_is_refused_with_405() {
     let dir = tempfile::tempdir().unwrap();
     let server = gateway(dir.path(), &[], vec![engine_route()]).await;
     let stream = TcpStream::connect(server.addr()).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = crate::support::http1(stream).await;
     let response = sender
         .send_request(
             http::Request::get("/omnimesh.engine.v1.Engine/Echo")

@@ -103,18 +103,9 @@ fn config(dir: &std::path::Path, upstreams: &[&Upstream]) -> Config {
     config
 }
 
+/// An Echo call; the replica that answered.
 async fn call(client: &mut EngineClient<tonic::transport::Channel>) -> Result<String, Status> {
-    let response = client
-        .echo(pb::EchoRequest {
-            payload: b"x".to_vec(),
-        })
-        .await?;
-    Ok(response
-        .metadata()
-        .get("x-upstream")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned())
+    crate::proxy::echo(client, b"x").await
 }
 
 async fn endpoint_health(admin: SocketAddr, address: SocketAddr) -> admin_pb::Endpoint {
@@ -364,18 +355,9 @@ async fn slow_and_fast(
     (slow, fast, gateway)
 }
 
+/// An Echo call that a replica holds until released; the replica that answered.
 async fn hold_call(client: &mut EngineClient<tonic::transport::Channel>) -> Result<String, Status> {
-    let response = client
-        .echo(pb::EchoRequest {
-            payload: b"hold".to_vec(),
-        })
-        .await?;
-    Ok(response
-        .metadata()
-        .get("x-upstream")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned())
+    crate::proxy::echo(client, b"hold").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

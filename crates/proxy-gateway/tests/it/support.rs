@@ -53,6 +53,20 @@ where
     address
 }
 
+/// An HTTP/1.1 client connection over `io` (a TCP or TLS stream), driven in the
+/// background.
+pub(crate) async fn http1<IO>(io: IO) -> hyper::client::conn::http1::SendRequest<Full<Bytes>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 /// A response of `status` with `body`.
 pub(crate) fn respond(status: u16, body: impl Into<Bytes>) -> http::Response<Full<Bytes>> {
     let mut response = http::Response::new(Full::new(body.into()));

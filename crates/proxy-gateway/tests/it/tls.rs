@@ -117,11 +117,7 @@ async fn alpn_picks_the_protocol_and_certificates_renew_in_place() {
     // HTTP/1.1 by ALPN.
     let (negotiated, _, stream) = connect(server.addr(), &first, b"http/1.1").await;
     assert_eq!(negotiated.as_deref(), Some(&b"http/1.1"[..]));
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = crate::support::http1(stream).await;
     let response = sender
         .send_request(
             http::Request::get("/")

@@ -31,11 +31,7 @@ async fn reporting_upstream() -> std::net::SocketAddr {
 
 async fn send(gateway: std::net::SocketAddr, headers: &[(&str, &str)]) -> (String, String) {
     let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = crate::support::http1(stream).await;
     let mut request = http::Request::get("/traced").header("host", "gateway");
     for (name, value) in headers {
         request = request.header(*name, *value);
