@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         // Every RPC answers UNIMPLEMENTED until its service implements it.
         .generate_default_stubs(true)
+        .codec_path("crate::codec::Codec")
         .compile_fds(descriptor_set)
         .context("generating tonic code")?;
     Ok(())

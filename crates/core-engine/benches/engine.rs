@@ -13,6 +13,10 @@ use omnimesh_proto::engine::v1::engine_client::EngineClient;
 use omnimesh_proto::engine::v1::*;
 use serde_json::json;
 
+// The allocator the service binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const REPEATS: usize = 3;
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -273,6 +277,7 @@ fn main() {
                 .expect("endpoint")
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(4 << 20)
+                .max_frame_size(omnimesh_common::server::MAX_FRAME_SIZE_DEFAULT)
                 .connect()
                 .await
                 .expect("connect");

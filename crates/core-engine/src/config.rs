@@ -140,6 +140,9 @@ impl ServiceConfig for Config {
         self.telemetry
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))?;
+        self.server
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("server.{key}"), reason))?;
         let url = &self.keys.database_url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres:")

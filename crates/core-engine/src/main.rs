@@ -3,6 +3,9 @@ use anyhow::Context as _;
 use core_engine::{App, Config};
 use omnimesh_common::config::Sources;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: Config = omnimesh_common::config::load_or_exit(&Sources::from_process());

@@ -160,6 +160,9 @@ impl ServiceConfig for Config {
         self.telemetry
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))?;
+        self.server
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("server.{key}"), reason))?;
         self.events
             .validate()
             .map_err(|(key, reason)| Invalid::new(format!("events.{key}"), reason))?;

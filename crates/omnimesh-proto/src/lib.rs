@@ -61,3 +61,74 @@ pub mod service_names {
     /// `omnimesh.terminal.v1.Terminal`.
     pub const TERMINAL: &str = "omnimesh.terminal.v1.Terminal";
 }
+
+/// The protobuf codec of every OmniMesh service: tonic-prost's, with buffers sized for
+/// the message instead of grown by doubling.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use prost::Message;
+    use tonic::Status;
+    use tonic::codec::{BufferSettings, EncodeBuf, Encoder};
+
+    /// The buffer a call starts with (tonic's default is 8 KiB); a larger message grows
+    /// it once, to its size, rather than by doubling.
+    const BUFFER_SIZE: usize = 8 * 1024;
+
+    /// Messages are flushed to the connection once this much is buffered (tonic's
+    /// default).
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    fn settings() -> BufferSettings {
+        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
+    }
+
+    /// The codec named in the generated clients and servers.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Codec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for Codec<T, U> {
+        fn default() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, U> tonic::codec::Codec for Codec<T, U>
+    where
+        T: Message + Send + 'static,
+        U: Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = SizedEncoder<T>;
+        type Decoder = tonic_prost::ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            SizedEncoder(PhantomData)
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            tonic_prost::ProstDecoder::new(settings())
+        }
+    }
+
+    /// Reserves the encoded length before encoding, so that a large message is written
+    /// into one allocation instead of being copied at every doubling of the buffer.
+    #[derive(Debug, Clone, Copy)]
+    pub struct SizedEncoder<T>(PhantomData<T>);
+
+    impl<T: Message> Encoder for SizedEncoder<T> {
+        type Item = T;
+        type Error = Status;
+
+        fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.reserve(item.encoded_len());
+            item.encode(buf)
+                .map_err(|error| Status::internal(format!("encoding a message: {error}")))
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            settings()
+        }
+    }
+}

@@ -41,7 +41,10 @@ impl ServiceConfig for Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.telemetry
             .validate()
-            .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))
+            .map_err(|(key, reason)| Invalid::new(format!("telemetry.{key}"), reason))?;
+        self.server
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("server.{key}"), reason))
     }
 }
 

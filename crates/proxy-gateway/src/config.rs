@@ -239,6 +239,9 @@ impl ServiceConfig for Config {
     const SERVICE: &'static str = crate::SERVICE;
 
     fn validate(&self) -> Result<(), Invalid> {
+        self.server
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("server.{key}"), reason))?;
         if self.listen.http == self.listen.admin && self.listen.http.port() != 0 {
             return Err(Invalid::new(
                 "listen.admin",
