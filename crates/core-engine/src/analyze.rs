@@ -124,8 +124,10 @@ impl pulp::WithSimd for Shifted<'_> {
         let (mut s1a, mut s1b, mut s2a, mut s2b) = (zero, zero, zero, zero);
         let mut mins = simd.splat_f64s(f64::INFINITY);
         let mut maxs = simd.splat_f64s(f64::NEG_INFINITY);
+        let prefetch = Prefetch::new(self.values, 2 * size_of::<S::f64s>() / 8);
         let mut pairs = head.chunks_exact(2);
-        for pair in &mut pairs {
+        for (index, pair) in (&mut pairs).enumerate() {
+            prefetch.ahead_of(index);
             let (x, y) = (pair[0], pair[1]);
             let (dx, dy) = (simd.sub_f64s(x, k), simd.sub_f64s(y, k));
             s1a = simd.add_f64s(s1a, dx);
@@ -154,6 +156,52 @@ impl pulp::WithSimd for Shifted<'_> {
             max = max.max(x);
         }
         (a, b, min, max)
+    }
+}
+
+/// How far ahead of the values being summed their cache lines are requested: 8 KiB.
+/// One core's hardware prefetchers alone keep too few lines in flight to read memory at
+/// full speed (measured on this machine's Xeon, one core: 7.7 GB/s without, 11-12 GB/s with; two
+/// cores: 14 and 24 GB/s).
+const PREFETCH_AHEAD: usize = 1024;
+
+/// Software prefetch of the cache lines [`PREFETCH_AHEAD`] values ahead of a loop over
+/// `values` that consumes `step` values per iteration (x86-64 with AVX2; elsewhere a no-op).
+#[derive(Clone, Copy)]
+struct Prefetch<'a> {
+    values: &'a [f64],
+    step: usize,
+    #[cfg(target_arch = "x86_64")]
+    arch: Option<pulp::x86::V3>,
+}
+
+impl<'a> Prefetch<'a> {
+    fn new(values: &'a [f64], step: usize) -> Self {
+        Self {
+            values,
+            step,
+            #[cfg(target_arch = "x86_64")]
+            arch: pulp::x86::V3::try_new(),
+        }
+    }
+
+    /// Requests the lines iteration `index + PREFETCH_AHEAD / step` will read.
+    #[inline(always)]
+    fn ahead_of(&self, index: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(arch) = self.arch {
+            let start = index * self.step + PREFETCH_AHEAD;
+            // One request per 64-byte line (8 values).
+            for at in (start..start + self.step).step_by(8) {
+                if let Some(value) = self.values.get(at) {
+                    arch.sse._mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        std::ptr::from_ref(value).cast(),
+                    );
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = index;
     }
 }
 
