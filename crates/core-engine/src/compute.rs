@@ -114,15 +114,12 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> Result<f64, EngineError> {
 }
 
 /// Sorts by IEEE-754 total order (-NaN < -inf < … < -0 < +0 < … < +inf < +NaN): an LSD
-/// radix sort on the bits, in parallel halves merged on the pool when large.
+/// radix sort on the bits; when large, the parallel bucketed radix sort of [`crate::sort`].
 pub(crate) fn sort_f64(values: &mut [f64], descending: bool) {
     if values.len() < PARALLEL_MIN {
         radsort::sort(values);
     } else {
-        let (left, right) = values.split_at_mut(values.len() / 2);
-        rayon::join(|| radsort::sort(left), || radsort::sort(right));
-        let merged = merge_sorted(left, right, |a, b| a.total_cmp(b).is_le());
-        values.copy_from_slice(&merged);
+        crate::sort::sort_f64(values);
     }
     if descending {
         values.reverse();

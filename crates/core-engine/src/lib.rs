@@ -16,6 +16,7 @@ mod crypto;
 mod error;
 mod keys;
 mod metrics;
+mod sort;
 mod transport;
 
 use std::future::Future;

@@ -1,0 +1,355 @@
+//! The parallel f64 sort of Compute: IEEE-754 total order, by radix on the bits.
+//!
+//! Each value becomes a `u64` key whose unsigned order is the total order. Then:
+//!
+//! 1. one read pass counts the keys' top 16 bits per thread segment;
+//! 2. consecutive 16-bit bins are grouped into buckets of about [`BUCKET_TARGET`] keys,
+//!    so the split follows the data's distribution (normal data crowds a few exponents);
+//! 3. one pass scatters the keys into their buckets, each thread into its own slots;
+//! 4. each bucket (a few thousand keys, unless one bin alone holds more) is split again
+//!    by its highest varying bits into runs of a few keys, recursively, the runs sorted
+//!    by comparison and the keys written back as values in place; buckets are shared
+//!    out by rayon.
+//!
+//! Main memory is read and written about twice, instead of once per digit as in an LSD
+//! radix sort. Measured on 10 M normal f64, 2 threads: 165–180 ms, against 386 ms for
+//! the LSD sort of two halves and a merge that this replaced (`make bench-engine`).
+
+use std::slice::IterMut;
+
+use rayon::prelude::*;
+
+/// Bits of the first split.
+const TOP_BITS: u32 = 16;
+const BINS: usize = 1 << TOP_BITS;
+/// Keys per bucket aimed at: the bucket and its scratch (2 × 64 KiB) stay in L2.
+const BUCKET_TARGET: usize = 8 * 1024;
+/// Runs this short are sorted by comparison.
+const SMALL: usize = 32;
+/// Keys per sub-run an MSD pass aims at.
+const KEYS_PER_RUN: usize = 4;
+/// The widest MSD digit (4,096 counters).
+const MAX_DIGIT_BITS: u32 = 12;
+
+/// The key whose unsigned order is `f64::total_cmp`'s order: negative values have all
+/// bits flipped, positive ones only the sign bit.
+#[inline(always)]
+fn key(value: f64) -> u64 {
+    let bits = value.to_bits();
+    bits ^ ((((bits as i64) >> 63) as u64) | (1 << 63))
+}
+
+/// The inverse of [`key`].
+#[inline(always)]
+fn value(key: u64) -> f64 {
+    f64::from_bits(key ^ (!(((key as i64) >> 63) as u64) | (1 << 63)))
+}
+
+/// Sorts `values` by `f64::total_cmp`, on the current rayon pool.
+pub(crate) fn sort_f64(values: &mut [f64]) {
+    let n = values.len();
+    if n <= SMALL {
+        values.sort_unstable_by(f64::total_cmp);
+        return;
+    }
+    // Counts are u32 (half the cache footprint of usize).
+    let Ok(_) = u32::try_from(n) else {
+        values.par_sort_unstable_by(f64::total_cmp);
+        return;
+    };
+    let threads = rayon::current_num_threads().max(1);
+    let segment = n.div_ceil(threads);
+
+    // 1. Top-16-bit histograms, one per thread segment.
+    let histograms: Vec<Vec<u32>> = values
+        .par_chunks(segment)
+        .map(|part| {
+            let mut histogram = vec![0_u32; BINS];
+            for &x in part {
+                histogram[(key(x) >> (64 - TOP_BITS)) as usize] += 1;
+            }
+            histogram
+        })
+        .collect();
+
+    // 2. Bins to buckets.
+    let mut bucket_of = vec![0_u32; BINS];
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut current = 0;
+    for (bin, bucket) in bucket_of.iter_mut().enumerate() {
+        let count: usize = histograms.iter().map(|h| h[bin] as usize).sum();
+        if current > 0 && current + count > BUCKET_TARGET {
+            sizes.push(current);
+            current = 0;
+        }
+        *bucket = sizes.len() as u32;
+        current += count;
+    }
+    sizes.push(current);
+    let buckets = sizes.len();
+
+    // 3. Scatter: bucket b holds thread 0's keys, then thread 1's, and so on.
+    let mut counts = vec![vec![0_usize; buckets]; histograms.len()];
+    for (histogram, counts) in histograms.iter().zip(&mut counts) {
+        for (bin, &count) in histogram.iter().enumerate() {
+            counts[bucket_of[bin] as usize] += count as usize;
+        }
+    }
+    let mut scratch_map = Scratch::new(n);
+    let scratch = scratch_map.keys();
+    {
+        let mut slots: Vec<Vec<IterMut<'_, u64>>> = (0..histograms.len())
+            .map(|_| Vec::with_capacity(buckets))
+            .collect();
+        let mut rest = &mut *scratch;
+        for bucket in 0..buckets {
+            for (thread, counts) in counts.iter().enumerate() {
+                let (part, tail) = rest.split_at_mut(counts[bucket]);
+                slots[thread].push(part.iter_mut());
+                rest = tail;
+            }
+        }
+        let bucket_of = &bucket_of;
+        values
+            .par_chunks(segment)
+            .zip(slots.par_iter_mut())
+            .for_each(|(part, slots)| {
+                for &x in part {
+                    let k = key(x);
+                    let bucket = bucket_of[(k >> (64 - TOP_BITS)) as usize] as usize;
+                    if let Some(slot) = slots[bucket].next() {
+                        *slot = k;
+                    }
+                }
+            });
+    }
+
+    // 4. Each bucket sorted in cache into its place in `values` (as keys), then turned
+    //    back into values there.
+    let values: &mut [u64] = bytemuck::cast_slice_mut(values);
+    let mut pieces: Vec<(&mut [u64], &mut [u64])> = Vec::with_capacity(buckets);
+    let (mut keys_rest, mut values_rest) = (scratch, values);
+    for &size in &sizes {
+        let (keys, keys_tail) = keys_rest.split_at_mut(size);
+        let (out, values_tail) = values_rest.split_at_mut(size);
+        pieces.push((keys, out));
+        keys_rest = keys_tail;
+        values_rest = values_tail;
+    }
+    pieces.into_par_iter().for_each(|(keys, out)| {
+        sort_into(keys, out);
+        for k in out.iter_mut() {
+            *k = value(*k).to_bits();
+        }
+    });
+}
+
+/// The scatter target: anonymous memory advised for transparent huge pages (one page
+/// fault per 2 MiB instead of per 4 KiB; the kernel zeroes it), or a vector where
+/// mapping fails.
+enum Scratch {
+    Mapped(memmap2::MmapMut),
+    Vec(Vec<u64>),
+}
+
+impl Scratch {
+    fn new(n: usize) -> Self {
+        match memmap2::MmapMut::map_anon(n * size_of::<u64>()) {
+            Ok(map) => {
+                let _ = map.advise(memmap2::Advice::HugePage);
+                Self::Mapped(map)
+            }
+            Err(_) => Self::Vec(vec![0; n]),
+        }
+    }
+
+    fn keys(&mut self) -> &mut [u64] {
+        match self {
+            // A mapping is page-aligned, so the cast cannot fail.
+            Self::Mapped(map) => bytemuck::cast_slice_mut(&mut map[..]),
+            Self::Vec(keys) => keys,
+        }
+    }
+}
+
+/// The bits of `keys` that differ somewhere among them.
+fn varying_bits(keys: &[u64]) -> u64 {
+    let (mut all, mut any) = (u64::MAX, 0_u64);
+    for &k in keys {
+        all &= k;
+        any |= k;
+    }
+    all ^ any
+}
+
+/// Sorts the keys of `source` into `target` (as long); `source` is left as scratch.
+fn sort_into(source: &mut [u64], target: &mut [u64]) {
+    if source.len() <= SMALL {
+        source.sort_unstable();
+        target.copy_from_slice(source);
+        return;
+    }
+    let varying = varying_bits(source);
+    if varying == 0 {
+        target.copy_from_slice(source);
+        return;
+    }
+    let counts = split(source, target, varying);
+    let (mut source, mut target) = (source, target);
+    for count in counts {
+        let (run, target_tail) = target.split_at_mut(count);
+        let (spare, source_tail) = source.split_at_mut(count);
+        sort_in_place(run, spare);
+        (source, target) = (source_tail, target_tail);
+    }
+}
+
+/// Sorts `keys` in place, with `spare` (as long) as scratch.
+fn sort_in_place(keys: &mut [u64], spare: &mut [u64]) {
+    if keys.len() <= SMALL {
+        keys.sort_unstable();
+        return;
+    }
+    let varying = varying_bits(keys);
+    if varying == 0 {
+        return;
+    }
+    let counts = split(keys, spare, varying);
+    let (mut keys, mut spare) = (keys, spare);
+    for count in counts {
+        let (run, spare_tail) = spare.split_at_mut(count);
+        let (target, keys_tail) = keys.split_at_mut(count);
+        sort_into(run, target);
+        (keys, spare) = (keys_tail, spare_tail);
+    }
+}
+
+/// One MSD radix pass: `source`'s keys go to `target` grouped by their highest varying
+/// bits, as many bits as leave about [`KEYS_PER_RUN`] keys per run (the longest common
+/// prefix is skipped). Returns the length of each run, in order.
+fn split(source: &[u64], target: &mut [u64], varying: u64) -> Vec<usize> {
+    let top = 64 - varying.leading_zeros();
+    let wanted = (source.len() / KEYS_PER_RUN)
+        .next_power_of_two()
+        .trailing_zeros();
+    let width = wanted.clamp(1, MAX_DIGIT_BITS).min(top);
+    let shift = top - width;
+    let mask = (1_u64 << width) - 1;
+    let mut counts = vec![0_usize; 1 << width];
+    for &k in source {
+        counts[((k >> shift) & mask) as usize] += 1;
+    }
+    let mut offsets = Vec::with_capacity(counts.len());
+    let mut total = 0;
+    for &count in &counts {
+        offsets.push(total);
+        total += count;
+    }
+    for &k in source {
+        let d = ((k >> shift) & mask) as usize;
+        target[offsets[d]] = k;
+        offsets[d] += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(mut values: Vec<f64>) {
+        let mut expected = values.clone();
+        expected.sort_by(f64::total_cmp);
+        sort_f64(&mut values);
+        let same = values
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same && values.len() == expected.len(), "not in total order");
+    }
+
+    /// xorshift, fixed seed.
+    fn numbers(n: usize, seed: u64) -> impl Iterator<Item = u64> {
+        let mut state = seed | 1;
+        (0..n).map(move |_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        })
+    }
+
+    #[test]
+    fn keys_order_like_total_cmp_and_invert() {
+        let specials = [
+            f64::NAN,
+            -f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            5e-324,
+            -5e-324,
+            f64::MAX,
+            f64::MIN,
+            1.0,
+            -1.0,
+        ];
+        for &a in &specials {
+            assert_eq!(value(key(a)).to_bits(), a.to_bits());
+            for &b in &specials {
+                assert_eq!(key(a).cmp(&key(b)), a.total_cmp(&b), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn large_inputs_of_many_shapes_come_out_in_total_order() {
+        let n = 300_000;
+        // Bits of every kind: NaNs, infinities, subnormals, both zeros.
+        check(numbers(n, 1).map(f64::from_bits).collect());
+        // Normal-like: a few exponents hold most values.
+        check(
+            numbers(n, 2)
+                .map(|x| ((x >> 11) as f64 / (1_u64 << 53) as f64 - 0.5) * 8.0)
+                .collect(),
+        );
+        // One 16-bit bin holds everything (uniform in [1, 1 + 2^-4)).
+        check(
+            numbers(n, 3)
+                .map(|x| 1.0 + (x >> 11) as f64 / (1_u64 << 57) as f64)
+                .collect(),
+        );
+        // Few distinct values, and all equal.
+        check(numbers(n, 4).map(|x| (x % 7) as f64 - 3.0).collect());
+        check(vec![-0.0; n]);
+        // Already sorted, and reversed.
+        let sorted: Vec<f64> = (0..n).map(|i| i as f64 * 0.25 - 1000.0).collect();
+        check(sorted.clone());
+        check(sorted.into_iter().rev().collect());
+        // On a pool of three threads (segments of unequal length).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool");
+        pool.install(|| check(numbers(n + 1, 5).map(f64::from_bits).collect()));
+    }
+
+    proptest! {
+        #[test]
+        fn any_values_come_out_in_total_order(bits in prop::collection::vec(any::<u64>(), 0..3000)) {
+            check(bits.into_iter().map(f64::from_bits).collect());
+        }
+
+        #[test]
+        fn clustered_values_come_out_in_total_order(
+            values in prop::collection::vec(prop_oneof![Just(0.0), Just(-0.0), -2.0..2.0_f64, Just(f64::NAN)], 0..3000),
+        ) {
+            check(values);
+        }
+    }
+}
