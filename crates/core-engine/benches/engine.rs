@@ -262,7 +262,7 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime");
-        let (echo, encrypt_1, encrypt_64) = runtime.block_on(async {
+        let (echo, echo_64k, encrypt_1, encrypt_64) = runtime.block_on(async {
             let dir = tempfile::tempdir().expect("temp dir");
             let app = App::build(Config::for_test(dir.path()))
                 .await
@@ -305,6 +305,20 @@ fn main() {
                 })
                 .await
             };
+            // The transport alone at the batched call's size: Echo of 64 KiB, 8 in flight.
+            let echo_64k = if !all_rpc {
+                f64::NAN
+            } else {
+                let (client, payload) = (client.clone(), vec![0x5a_u8; 64 * 1024]);
+                rpc_rate(window, 8, move || {
+                    let (mut client, payload) = (client.clone(), payload.clone());
+                    async move {
+                        client.echo(EchoRequest { payload }).await.expect("echo");
+                        1
+                    }
+                })
+                .await
+            };
             // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
             let encrypt_rate = |batch: usize, in_flight: usize| {
                 let items = vec![
@@ -338,11 +352,12 @@ fn main() {
             let encrypt_64 = encrypt_rate(64, 8).await;
             let _ = stop.send(());
             server.await.expect("server task").expect("server");
-            (echo, encrypt_1, encrypt_64)
+            (echo, echo_64k, encrypt_1, encrypt_64)
         });
 
         if all_rpc {
             out.insert("rpc_echo_1KiB_64_in_flight_per_s".into(), json!(echo));
+            out.insert("rpc_echo_64KiB_8_in_flight_per_s".into(), json!(echo_64k));
             out.insert(
                 "rpc_encrypt_1KiB_64_in_flight_per_s".into(),
                 json!(encrypt_1),
