@@ -53,10 +53,10 @@ pub(crate) fn sort_f64(values: &mut [f64]) {
         return;
     }
     // Counts are u32 (half the cache footprint of usize).
-    let Ok(_) = u32::try_from(n) else {
+    if u32::try_from(n).is_err() {
         values.par_sort_unstable_by(f64::total_cmp);
         return;
-    };
+    }
     let threads = rayon::current_num_threads().max(1);
     let segment = n.div_ceil(threads);
 
@@ -195,13 +195,7 @@ fn sort_into(source: &mut [u64], target: &mut [u64]) {
         return;
     }
     let counts = split(source, target, varying);
-    let (mut source, mut target) = (source, target);
-    for count in counts {
-        let (run, target_tail) = target.split_at_mut(count);
-        let (spare, source_tail) = source.split_at_mut(count);
-        sort_in_place(run, spare);
-        (source, target) = (source_tail, target_tail);
-    }
+    for_each_run(&counts, target, source, sort_in_place);
 }
 
 /// Sorts `keys` in place, with `spare` (as long) as scratch.
@@ -215,12 +209,23 @@ fn sort_in_place(keys: &mut [u64], spare: &mut [u64]) {
         return;
     }
     let counts = split(keys, spare, varying);
-    let (mut keys, mut spare) = (keys, spare);
-    for count in counts {
-        let (run, spare_tail) = spare.split_at_mut(count);
-        let (target, keys_tail) = keys.split_at_mut(count);
-        sort_into(run, target);
-        (keys, spare) = (keys_tail, spare_tail);
+    for_each_run(&counts, spare, keys, sort_into);
+}
+
+/// Calls `sort` on each run of `counts`: the run's part of `data` and the same part of
+/// `other`.
+fn for_each_run(
+    counts: &[usize],
+    data: &mut [u64],
+    other: &mut [u64],
+    sort: fn(&mut [u64], &mut [u64]),
+) {
+    let (mut data, mut other) = (data, other);
+    for &count in counts {
+        let (run, data_tail) = data.split_at_mut(count);
+        let (spare, other_tail) = other.split_at_mut(count);
+        sort(run, spare);
+        (data, other) = (data_tail, other_tail);
     }
 }
 
