@@ -9,7 +9,7 @@ VENV := .venv
 # timeouts of .config/nextest.toml; plain `cargo test` is the fallback.
 HAVE_NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: promtool all build release run test test-rust test-stock-client chart-lint manifests validate eval-nl bench-nl bench-engine bench-controller bench-gateway fuzz-nl fuzz-engine fuzz-gateway fmt fmt-check lint clean help
+.PHONY: promtool all build release run test test-rust test-stock-client chart-lint manifests validate eval-nl bench-nl bench-engine bench-engine-h2load bench-controller bench-gateway fuzz-nl fuzz-engine fuzz-gateway fmt fmt-check lint clean help
 
 all: build
 
@@ -24,6 +24,7 @@ help:
 	@echo "make eval-nl             score the English interpreter (plain and 5-fold cross-validated)"
 	@echo "make bench-nl            the interpreter's latency and model load against their budgets"
 	@echo "make bench-engine        core-engine against OpenSSL and numpy, same run, ratios"
+	@echo "make bench-engine-h2load the batched Encrypt RPC under h2load: server CPU per call"
 	@echo "make bench-controller    the event store on SQLite and PostgreSQL vs plain INSERT loops"
 	@echo "make bench-gateway       proxy-gateway against the real Envoy and nginx, same run, ratios"
 	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
@@ -117,6 +118,10 @@ bench-nl:
 # (target/bench-engine/results.md). BENCH_QUICK=1 for a smoke run.
 bench-engine:
 	bash bench/engine/run.sh
+
+# The batched Encrypt RPC driven by h2load (C) instead of tonic: the server's CPU per call.
+bench-engine-h2load:
+	bash bench/engine/h2load.sh
 
 # The event store on SQLite and on PostgreSQL (127.0.0.1:5432) side by side, each against
 # a plain INSERT loop on the same database in the same run. EVENTS_BENCH_SCALE=0.2 for a

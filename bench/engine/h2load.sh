@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# make bench-engine-h2load: the batched Encrypt RPC driven by h2load (nghttp2, written in C)
+# instead of a tonic client, to see what the server alone spends per call.
+# One release core-engine on 127.0.0.1:18200 (a fresh SQLite key store), one key; h2load
+# posts pre-encoded gRPC requests (64 × 1 KiB items, and a 64 KiB Echo for comparison)
+# for H2LOAD_D seconds. Prints calls/s, items/s and the server's CPU time per call (from
+# /proc/<pid>/stat, user + system).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+H2LOAD_D=${H2LOAD_D:-5}; H2LOAD_C=${H2LOAD_C:-2}; H2LOAD_M=${H2LOAD_M:-16}
+command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+cargo build --release -p core-engine
+work=$(mktemp -d)
+export OMNIMESH_CORE_ENGINE__LISTEN__GRPC=127.0.0.1:18200
+export OMNIMESH_CORE_ENGINE__KEYS__DATABASE_URL="sqlite://$work/engine.db"
+export OMNIMESH_CORE_ENGINE__KEYS__MASTER_KEY_FILE="$work/master.key"
+./target/release/core-engine >"$work/engine.log" 2>&1 &
+engine=$!
+trap 'kill "$engine" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/18200) 2>/dev/null && break
+  sleep 0.1
+done
+# gRPC frames of omnimesh.engine.v1 messages, encoded by hand (field numbers from
+# proto/omnimesh/engine/v1): CreateKeyRequest{name}, EncryptRequest{key_name, items},
+# EchoRequest{payload}.
+python3 - "$work" <<'PY'
+import struct, sys
+def varint(n):
+    out = b""
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out += bytes([low | 0x80])
+        else:
+            return out + bytes([low])
+def field(number, payload):
+    return bytes([number << 3 | 2]) + varint(len(payload)) + payload
+def frame(message):
+    return b"\0" + struct.pack(">I", len(message)) + message
+name = field(1, b"bench")
+item = field(1, b"\x5a" * 1024)
+open(f"{sys.argv[1]}/create.bin", "wb").write(frame(name))
+open(f"{sys.argv[1]}/encrypt64.bin", "wb").write(frame(name + field(3, item) * 64))
+open(f"{sys.argv[1]}/echo64k.bin", "wb").write(frame(field(1, b"\x5a" * 65536)))
+PY
+url=http://127.0.0.1:18200/omnimesh.engine.v1.Engine
+grpc=(-H content-type:application/grpc -H te:trailers)
+h2load -n 1 -c 1 "${grpc[@]}" -d "$work/create.bin" "$url/CreateKey" | grep -q "1 succeeded" \
+  || { echo "CreateKey failed" >&2; exit 1; }
+cpu() { awk '{print $14 + $15}' "/proc/$engine/stat"; }
+for call in Encrypt:encrypt64.bin Echo:echo64k.bin; do
+  method=${call%%:*}; body=${call#*:}
+  before=$(cpu)
+  out=$(h2load -D "$H2LOAD_D" -c "$H2LOAD_C" -m "$H2LOAD_M" -t 1 "${grpc[@]}" -d "$work/$body" "$url/$method")
+  after=$(cpu)
+  grep -q " 0 failed, 0 errored" <<<"$out" || { echo "$out" >&2; exit 1; }
+  done_calls=$(grep -oP 'requests: \d+ total, \d+ started, \K\d+(?= done)' <<<"$out")
+  python3 - "$method" "$done_calls" "$H2LOAD_D" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+import sys
+method, calls, seconds, before, after, tck = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), *map(float, sys.argv[4:])
+cpu_s = (after - before) / tck
+print(f"{method}: {calls / seconds:,.0f} calls/s = {64 * calls / seconds:,.0f} (1 KiB items)/s; "
+      f"server CPU {cpu_s / seconds:.2f} cores, {cpu_s / calls * 1e6:.0f} µs per call")
+PY
+done
