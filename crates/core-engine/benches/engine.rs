@@ -292,32 +292,22 @@ fn main() {
                 .await
                 .expect("key");
             let payload = vec![0x5a_u8; 1024];
-            let echo = if !all_rpc {
-                f64::NAN
-            } else {
-                let (client, payload) = (client.clone(), payload.clone());
-                rpc_rate(window, 64, move || {
+            // Echo calls per second: `size` bytes each way, `in_flight` at once.
+            let echo_rate = |size: usize, in_flight: usize| {
+                let (client, payload) = (client.clone(), vec![0x5a_u8; size]);
+                rpc_rate(window, in_flight, move || {
                     let (mut client, payload) = (client.clone(), payload.clone());
                     async move {
                         client.echo(EchoRequest { payload }).await.expect("echo");
                         1
                     }
                 })
-                .await
             };
-            // The transport alone at the batched call's size: Echo of 64 KiB, 8 in flight.
-            let echo_64k = if !all_rpc {
-                f64::NAN
+            let (echo, echo_64k) = if all_rpc {
+                // The second is the transport alone at the batched call's size.
+                (echo_rate(1024, 64).await, echo_rate(64 * 1024, 8).await)
             } else {
-                let (client, payload) = (client.clone(), vec![0x5a_u8; 64 * 1024]);
-                rpc_rate(window, 8, move || {
-                    let (mut client, payload) = (client.clone(), payload.clone());
-                    async move {
-                        client.echo(EchoRequest { payload }).await.expect("echo");
-                        1
-                    }
-                })
-                .await
+                (f64::NAN, f64::NAN)
             };
             // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
             let encrypt_rate = |batch: usize, in_flight: usize| {

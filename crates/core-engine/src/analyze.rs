@@ -161,12 +161,13 @@ impl pulp::WithSimd for Shifted<'_> {
 
 /// How far ahead of the values being summed their cache lines are requested: 8 KiB.
 /// One core's hardware prefetchers alone keep too few lines in flight to read memory at
-/// full speed (measured on this machine's Xeon, one core: 7.7 GB/s without, 11-12 GB/s with; two
-/// cores: 14 and 24 GB/s).
+/// full speed. Measured over 1 GiB on the benchmark machine's Xeon: one core 7.7 GB/s
+/// without, 11–12 GB/s with; two cores 14 and 24 GB/s.
 const PREFETCH_AHEAD: usize = 1024;
 
 /// Software prefetch of the cache lines [`PREFETCH_AHEAD`] values ahead of a loop over
-/// `values` that consumes `step` values per iteration (x86-64 with AVX2; elsewhere a no-op).
+/// `values` that consumes `step` values per iteration (x86-64 with AVX2; elsewhere a
+/// no-op).
 #[derive(Clone, Copy)]
 struct Prefetch<'a> {
     values: &'a [f64],
