@@ -143,6 +143,8 @@ where
 }
 
 fn main() {
+    // As the service binary starts (glibc's copy routine on AMD CPUs).
+    omnimesh_common::platform::tune_process();
     let quick = std::env::args().any(|arg| arg == "--quick");
     let n = std::env::var("ENGINE_BENCH_N")
         .ok()

@@ -6,8 +6,13 @@ use omnimesh_common::config::Sources;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn main() -> anyhow::Result<()> {
+    omnimesh_common::platform::tune_process();
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve() -> anyhow::Result<()> {
     let config: Config = omnimesh_common::config::load_or_exit(&Sources::from_process());
     let _telemetry = omnimesh_telemetry::init("core-engine", &config.telemetry)?;
     let addr = config.listen.grpc;

@@ -32,9 +32,17 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Some(Command::Token { .. })) {
+        // Launched services inherit the tuning and are not re-executed themselves.
+        omnimesh_common::platform::tune_process();
+    }
+    run(cli)
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let sources = Sources::from_process();
     let config: Config = omnimesh_common::config::load_or_exit(&sources);
     if let Some(Command::Token { subject, role, ttl }) = &cli.command {

@@ -8,6 +8,8 @@
 //! - [`db`]: a migrated `sqlx::Any` pool on SQLite (WAL) or PostgreSQL, chosen by URL.
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM.
 //! - [`ports`]: the local default addresses that SPEC fixes.
+//! - [`platform`]: process tuning applied first in every `main` (glibc's copy routine on
+//!   AMD CPUs).
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -15,6 +17,7 @@ pub mod config;
 pub mod db;
 pub mod files;
 pub mod message_limit;
+pub mod platform;
 pub mod ports;
 pub mod server;
 mod shutdown;

@@ -52,9 +52,17 @@ enum Command {
     },
 }
 
+fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
+    if matches!(command, Command::Serve) {
+        omnimesh_common::platform::tune_process();
+    }
+    run(command)
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command.unwrap_or(Command::Serve) {
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve => serve().await,
         Command::Interpret { jsonl, explain } => {
             anyhow::ensure!(

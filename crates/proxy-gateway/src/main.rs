@@ -5,6 +5,7 @@ use omnimesh_common::config::Sources;
 use proxy_gateway::{App, Config, Listeners};
 
 fn main() -> anyhow::Result<()> {
+    omnimesh_common::platform::tune_process();
     let sources = Sources::from_process();
     let config: Config = omnimesh_common::config::load_or_exit(&sources);
     // One worker: a current-thread runtime (an event loop, as Envoy's worker is), which

@@ -1,6 +1,7 @@
 //! The real `proxy-gateway` binary with `access_log = true` and JSON logs: one line per
 //! request on stderr with method, path (never the query), status, route, cluster,
-//! duration and trace id; SIGTERM then stops it cleanly.
+//! duration and trace id; SIGTERM then stops it cleanly. On an AMD CPU it has re-executed
+//! itself once with glibc's copy routine tuned (`omnimesh_common::platform`).
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -53,6 +54,7 @@ async fn every_request_is_one_json_access_line() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_proxy-gateway"))
         .env("OMNIMESH_CONFIG", &config)
         .env_remove("RUST_LOG")
+        .env_remove("GLIBC_TUNABLES")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -75,6 +77,15 @@ async fn every_request_is_one_json_access_line() {
     )
     .await
     .unwrap();
+    // On an AMD CPU the binary has re-executed itself (same process, same arguments: it
+    // serves on the configured ports) with glibc's `rep movsb` threshold raised.
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+    let tuned = String::from_utf8_lossy(&environ)
+        .split('\0')
+        .any(|entry| entry.starts_with("GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold="));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let amd = omnimesh_common::platform::cpu_vendor(&cpuinfo) == Some("AuthenticAMD");
+    assert_eq!(tuned, amd, "re-executed with the tunable on AMD only");
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
