@@ -7,6 +7,7 @@
 # /proc/<pid>/stat, user + system).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source bench/lib.sh
 H2LOAD_D=${H2LOAD_D:-5}; H2LOAD_C=${H2LOAD_C:-2}; H2LOAD_M=${H2LOAD_M:-16}
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 cargo build --release -p core-engine
@@ -17,10 +18,7 @@ export OMNIMESH_CORE_ENGINE__KEYS__MASTER_KEY_FILE="$work/master.key"
 ./target/release/core-engine >"$work/engine.log" 2>&1 &
 engine=$!
 trap 'kill "$engine" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/18200) 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_port 18200 || { cat "$work/engine.log" >&2; exit 1; }
 # gRPC frames of omnimesh.engine.v1 messages, encoded by hand (field numbers from
 # proto/omnimesh/engine/v1): CreateKeyRequest{name}, EncryptRequest{key_name, items},
 # EchoRequest{payload}.

@@ -6,6 +6,7 @@
 # is the ratio to Envoy. Knobs of bench.sh (REPS, FULL, LAT, …) pass through.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source bench/lib.sh
 SHARED=${SHARED:-../shared/bench/gateway}
 cargo build --release -p proxy-gateway
 work=$(mktemp -d)
@@ -36,8 +37,5 @@ TOML
 OMNIMESH_CONFIG="$work/omnimesh.toml" ./target/release/proxy-gateway >"$work/gateway.log" 2>&1 &
 gateway=$!
 trap 'kill "$gateway" 2>/dev/null; wait "$gateway" 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/18090) 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_port 18090 || { cat "$work/gateway.log" >&2; exit 1; }
 LAT=${LAT:-1} bash "$SHARED/bench.sh" 127.0.0.1:18090 127.0.0.1:18090 127.0.0.1:18090

@@ -22,9 +22,6 @@ const REP_MOVSB_THRESHOLD: &str = "glibc.cpu.x86_rep_movsb_threshold";
 /// Larger than any copy a service makes: `rep movsb` is never chosen.
 const NEVER: u64 = 1 << 40;
 
-/// The environment variable glibc reads its tunables from.
-const GLIBC_TUNABLES: &str = "GLIBC_TUNABLES";
-
 /// The `GLIBC_TUNABLES` value to re-execute with, given the current value and the CPU's
 /// vendor (`vendor_id` of `/proc/cpuinfo`); `None` when nothing needs to change (not an
 /// AMD CPU, or the threshold is already set by someone).
@@ -67,6 +64,9 @@ pub fn tune_process() {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt as _;
+
+        /// The environment variable glibc reads its tunables from.
+        const GLIBC_TUNABLES: &str = "GLIBC_TUNABLES";
 
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let current = std::env::var_os(GLIBC_TUNABLES);
