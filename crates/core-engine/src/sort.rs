@@ -6,15 +6,19 @@
 //! 2. consecutive 16-bit bins are grouped into buckets of about [`BUCKET_TARGET`] keys,
 //!    so the split follows the data's distribution (normal data crowds a few exponents);
 //! 3. one pass scatters the keys into their buckets, each thread into its own slots;
-//! 4. each bucket (a few thousand keys, unless one bin alone holds more) is split again
-//!    by its highest varying bits into runs of a few keys, recursively, the runs sorted
-//!    by comparison and the keys written back as values in place; buckets are shared
-//!    out by rayon.
+//! 4. each bucket (a few thousand keys, unless one bin alone holds more) is sorted in a
+//!    buffer its worker reuses, so the scattered writes stay in cache: an LSD radix sort
+//!    of two digits over its highest varying bits, then the rare groups equal in those
+//!    bits sorted by comparison; the keys go back to `values` as values, in order.
+//!    Buckets are shared out by rayon. A bucket larger than [`HOT_MAX`] is split in
+//!    place instead, recursively by its highest varying bits, into runs of a few keys
+//!    sorted by comparison.
 //!
 //! Main memory is read and written about twice, instead of once per digit as in an LSD
-//! radix sort. Measured on 10 M normal f64, 2 threads (`make bench-engine`): 165–180 ms
-//! on the Xeon, against 386 ms for the LSD sort of two halves and a merge that this
-//! replaced; 92 ms on the EPYC.
+//! radix sort of the whole input. Measured on 10 M normal f64, 2 threads
+//! (`ENGINE_BENCH_ONLY=sort cargo bench -p core-engine --bench engine`, Xeon): 104–107
+//! ms, against 146–161 ms for the recursive split of every bucket (step 4's fallback)
+//! and 386 ms for the LSD sort of two halves and a merge before that.
 
 use std::slice::IterMut;
 
@@ -25,6 +29,8 @@ const TOP_BITS: u32 = 16;
 const BINS: usize = 1 << TOP_BITS;
 /// Keys per bucket aimed at: the bucket and its scratch (2 × 64 KiB) stay in L2.
 const BUCKET_TARGET: usize = 8 * 1024;
+/// The largest bucket sorted by [`sort_bucket`] in a worker's reused buffer (2 MiB).
+const HOT_MAX: usize = 256 * 1024;
 /// Runs this short are sorted by comparison.
 const SMALL: usize = 32;
 /// Keys per sub-run an MSD pass aims at.
@@ -137,12 +143,80 @@ pub(crate) fn sort_f64(values: &mut [f64]) {
         keys_rest = keys_tail;
         values_rest = values_tail;
     }
-    pieces.into_par_iter().for_each(|(keys, out)| {
-        sort_into(keys, out);
-        for k in out.iter_mut() {
-            *k = value(*k).to_bits();
+    // Buckets up to HOT_MAX keys are sorted in a buffer each worker reuses (so the
+    // radix passes' scattered writes stay in cache) and written to `values` once, in
+    // order; a larger bucket (one bin holding more) is split in place, recursively.
+    let largest = sizes.iter().copied().max().unwrap_or(0).min(HOT_MAX);
+    pieces
+        .into_par_iter()
+        .for_each_init(Vec::new, |hot: &mut Vec<u64>, (keys, out)| {
+            if keys.len() > HOT_MAX {
+                sort_into(keys, out);
+                for k in out.iter_mut() {
+                    *k = value(*k).to_bits();
+                }
+                return;
+            }
+            if hot.len() < largest {
+                hot.resize(largest, 0);
+            }
+            sort_bucket(keys, &mut hot[..keys.len()]);
+            for (out, &k) in out.iter_mut().zip(keys.iter()) {
+                *out = value(k).to_bits();
+            }
+        });
+}
+
+/// Sorts a bucket's `keys` in place, with `spare` (as long) as scratch: an LSD radix
+/// sort of two digits over the highest varying bits, about 8 times as many slots as
+/// keys, then each group of keys equal in those bits (rare, unless values crowd) sorted
+/// by comparison.
+fn sort_bucket(keys: &mut [u64], spare: &mut [u64]) {
+    let n = keys.len();
+    if n <= SMALL {
+        keys.sort_unstable();
+        return;
+    }
+    let varying = varying_bits(keys);
+    if varying == 0 {
+        return;
+    }
+    let top = 64 - varying.leading_zeros();
+    let bits = (usize::BITS - n.leading_zeros() + 3).min(top);
+    let shift = top - bits;
+    let low = bits / 2;
+    let (low_mask, high_mask) = ((1_usize << low) - 1, (1_usize << (bits - low)) - 1);
+    // Both digits counted in one pass, then turned into starting offsets.
+    let mut low_at = vec![0_u32; low_mask + 1];
+    let mut high_at = vec![0_u32; high_mask + 1];
+    for &k in keys.iter() {
+        let digits = (k >> shift) as usize;
+        low_at[digits & low_mask] += 1;
+        high_at[(digits >> low) & high_mask] += 1;
+    }
+    for counts in [&mut low_at, &mut high_at] {
+        let mut total = 0;
+        for count in counts.iter_mut() {
+            (*count, total) = (total, total + *count);
         }
-    });
+    }
+    for &k in keys.iter() {
+        let at = &mut low_at[(k >> shift) as usize & low_mask];
+        spare[*at as usize] = k;
+        *at += 1;
+    }
+    for &k in spare.iter() {
+        let at = &mut high_at[(k >> (shift + low)) as usize & high_mask];
+        keys[*at as usize] = k;
+        *at += 1;
+    }
+    if shift > 0 {
+        for group in keys.chunk_by_mut(|a, b| a >> shift == b >> shift) {
+            if group.len() > 1 {
+                group.sort_unstable();
+            }
+        }
+    }
 }
 
 /// The scatter target: anonymous memory advised for transparent huge pages (one page
@@ -328,6 +402,19 @@ mod tests {
         check(
             numbers(n, 3)
                 .map(|x| 1.0 + (x >> 11) as f64 / (1_u64 << 57) as f64)
+                .collect(),
+        );
+        // Most values crowd within 2^-40 of 1.0, the rest spread wide: in the crowd's
+        // bucket the radix digits see one group, sorted by comparison.
+        check(
+            numbers(100_000, 6)
+                .map(|x| {
+                    if x % 10 == 0 {
+                        (x >> 11) as f64 / (1_u64 << 40) as f64 - 4096.0
+                    } else {
+                        1.0 + (x >> 40) as f64 / (1_u64 << 52) as f64
+                    }
+                })
                 .collect(),
         );
         // Few distinct values, and all equal.
