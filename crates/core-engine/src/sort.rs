@@ -211,10 +211,22 @@ fn sort_bucket(keys: &mut [u64], spare: &mut [u64]) {
         *at += 1;
     }
     if shift > 0 {
-        for group in keys.chunk_by_mut(|a, b| a >> shift == b >> shift) {
-            if group.len() > 1 {
-                group.sort_unstable();
-            }
+        // Only keys equal in the sorted bits can be out of order: find each inversion,
+        // sort the group of keys sharing its prefix, go on after the group.
+        let mut from = 0;
+        while let Some(at) = keys[from..].windows(2).position(|w| w[1] < w[0]) {
+            let i = from + at + 1;
+            let prefix = keys[i] >> shift;
+            let start = keys[..i]
+                .iter()
+                .rposition(|&k| k >> shift != prefix)
+                .map_or(0, |p| p + 1);
+            let end = keys[i..]
+                .iter()
+                .position(|&k| k >> shift != prefix)
+                .map_or(n, |p| i + p);
+            keys[start..end].sort_unstable();
+            from = end;
         }
     }
 }
