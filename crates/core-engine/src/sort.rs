@@ -6,10 +6,11 @@
 //! 2. consecutive 16-bit bins are grouped into buckets of about [`BUCKET_TARGET`] keys,
 //!    so the split follows the data's distribution (normal data crowds a few exponents);
 //! 3. one pass scatters the keys into their buckets, each thread into its own slots;
-//! 4. each bucket (a few thousand keys, unless one bin alone holds more) is sorted in a
-//!    buffer its worker reuses, so the scattered writes stay in cache: an LSD radix sort
-//!    of two digits over its highest varying bits, then the rare groups equal in those
-//!    bits sorted by comparison; the keys go back to `values` as values, in order.
+//! 4. each bucket (a few thousand keys, unless one bin alone holds more) is sorted in
+//!    place by an LSD radix sort of two digits over its highest varying bits, with a
+//!    buffer its worker reuses as the spare, so the scattered writes stay in cache; the
+//!    rare groups equal in those bits are sorted by comparison; the keys then go back to
+//!    `values` as values, in order.
 //!    Buckets are shared out by rayon. A bucket larger than [`HOT_MAX`] is split in
 //!    place instead, recursively by its highest varying bits, into runs of a few keys
 //!    sorted by comparison.
@@ -29,7 +30,8 @@ const TOP_BITS: u32 = 16;
 const BINS: usize = 1 << TOP_BITS;
 /// Keys per bucket aimed at: the bucket and its scratch (2 × 64 KiB) stay in L2.
 const BUCKET_TARGET: usize = 8 * 1024;
-/// The largest bucket sorted by [`sort_bucket`] in a worker's reused buffer (2 MiB).
+/// The largest bucket sorted by [`sort_bucket`], with a worker's reused buffer (2 MiB)
+/// as its spare.
 const HOT_MAX: usize = 256 * 1024;
 /// Runs this short are sorted by comparison.
 const SMALL: usize = 32;
@@ -143,9 +145,10 @@ pub(crate) fn sort_f64(values: &mut [f64]) {
         keys_rest = keys_tail;
         values_rest = values_tail;
     }
-    // Buckets up to HOT_MAX keys are sorted in a buffer each worker reuses (so the
-    // radix passes' scattered writes stay in cache) and written to `values` once, in
-    // order; a larger bucket (one bin holding more) is split in place, recursively.
+    // Buckets up to HOT_MAX keys are sorted in place with a buffer each worker reuses as
+    // the spare (so the radix passes' scattered writes stay in cache), then written to
+    // `values` once, in order; a larger bucket (one bin holding more) is split
+    // recursively, straight into `values`.
     let largest = sizes.iter().copied().max().unwrap_or(0).min(HOT_MAX);
     pieces
         .into_par_iter()
