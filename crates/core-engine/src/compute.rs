@@ -126,6 +126,17 @@ pub(crate) fn sort_f64(values: &mut [f64], descending: bool) {
     }
 }
 
+/// `source` sorted into `out` (as long), ascending: a sorted copy, which for large
+/// inputs costs no separate copy pass (see [`crate::sort::sort_f64_into`]).
+pub(crate) fn sort_f64_into(source: &[f64], out: &mut [f64]) {
+    if source.len() < PARALLEL_MIN {
+        out.copy_from_slice(source);
+        radsort::sort(out);
+    } else {
+        crate::sort::sort_f64_into(source, out);
+    }
+}
+
 pub(crate) fn sort_i64(values: &mut [i64], descending: bool) {
     if values.len() < PARALLEL_MIN {
         radsort::sort(values);
@@ -369,6 +380,19 @@ mod tests {
         );
         sort_f64(&mut values, true);
         assert!(values[0].is_nan() && values[values.len() - 1] == f64::NEG_INFINITY);
+
+        // A sorted copy, large (the bucketed sort) and small (radsort); the source stays.
+        for len in [values.len(), 1000] {
+            let source = values[..len].to_vec();
+            let mut copy = vec![0.0; len];
+            sort_f64_into(&source, &mut copy);
+            let mut expected = source.clone();
+            expected.sort_by(f64::total_cmp);
+            let same =
+                |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same(&copy, &expected), "sorted copy of {len}");
+            assert!(same(&source, &values[..len]), "source of {len} kept");
+        }
 
         let mut ints: Vec<i64> = (0..600_000_i64)
             .map(|i| (i * 7919) % 100_000 - 50_000)

@@ -197,6 +197,11 @@ pub mod bench_support {
         crate::compute::sort_f64(values, false);
     }
 
+    /// A sorted copy, as `numpy.sort` makes: `source` into `out` (as long).
+    pub fn sort_f64_into(source: &[f64], out: &mut [f64]) {
+        crate::compute::sort_f64_into(source, out);
+    }
+
     /// The GEMM of Compute (square matrices).
     pub fn matmul(a: &[f64], b: &[f64], n: usize, threads: usize) -> Vec<f64> {
         crate::compute::matmul(a, (n, n), b, (n, n), threads).expect("square matrices")
