@@ -7,7 +7,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use core_engine::bench_support::{Sealer, matmul, mean_variance, quantiles, sort_f64_into};
+use core_engine::bench_support::{
+    Sealer, matmul, mean_variance, quantiles, sort_f64, sort_f64_into,
+};
 use core_engine::{App, Config};
 use omnimesh_proto::engine::v1::engine_client::EngineClient;
 use omnimesh_proto::engine::v1::*;
@@ -247,6 +249,17 @@ fn main() {
             black_box(copy);
         });
         out.insert("sort_f64_s".into(), json!(sort));
+        // Context: the same copy made first, then Compute's in-place sort of it (the
+        // path of the Compute RPC, whose values arrive in a buffer of their own).
+        let copy_then_sort = time(|| {
+            let mut copy = in_huge_pages(&values);
+            sort_f64(bytemuck::cast_slice_mut(&mut copy));
+            black_box(copy);
+        });
+        out.insert(
+            "sort_f64_copy_then_in_place_s".into(),
+            json!(copy_then_sort),
+        );
     }
 
     if wanted("matmul") {

@@ -9,11 +9,12 @@
 //!    into a scratch buffer when sorting in place ([`sort_f64`]), straight into the
 //!    output when making a sorted copy ([`sort_f64_into`]);
 //! 4. each bucket (a few thousand keys when the data spreads; normal data crowds single
-//!    bins, so 10 M normal values give buckets of about 41,000 keys) is sorted by an LSD
-//!    radix sort of two digits over its highest varying bits, with a buffer its worker
-//!    reuses as the spare, so the scattered writes stay in cache; the second digit's
-//!    pass writes the values to their place in the output, and the rare groups equal in
-//!    those bits are then sorted by comparison there.
+//!    bins, so 10 M normal values give buckets of about 41,000 keys) is sorted in place
+//!    by an LSD radix sort of two digits over its highest varying bits, with a buffer
+//!    its worker reuses as the spare, so the scattered writes stay in cache; the second
+//!    digit's pass writes the values, and the rare groups equal in those bits are then
+//!    sorted by comparison. In place the bucket is then copied to its place in `values`;
+//!    in a sorted copy it is already there.
 //!    Buckets are shared out by rayon. A bucket larger than [`HOT_MAX`] is split
 //!    instead, recursively by its highest varying bits, into runs of a few keys sorted
 //!    by comparison.
@@ -21,11 +22,11 @@
 //! Main memory is read and written about twice, instead of once per digit as in an LSD
 //! radix sort of the whole input. Measured on 10 M normal f64, 2 threads
 //! (`ENGINE_BENCH_ONLY=sort cargo bench -p core-engine --bench engine`, a sorted copy as
-//! `numpy.sort` makes): on a Xeon with 2 MiB of L2 per core, 55–60 ms scattering
-//! straight into the copy, against 79 ms scattering into scratch and 90 ms copying
-//! first, then sorting the copy in place. On an earlier Xeon: 104–107 ms (copy first),
-//! against 146–161 ms for the recursive split of every bucket (step 4's fallback) and
-//! 386 ms for the LSD sort of two halves and a merge before that.
+//! `numpy.sort` makes), on a Xeon with 2 MiB of L2 per core: 55–64 ms scattering
+//! straight into the copy, against 88–94 ms copying first, then sorting the copy in
+//! place. On an earlier Xeon: 104–107 ms (copy first), against 146–161 ms for the
+//! recursive split of every bucket (step 4's fallback) and 386 ms for the LSD sort of
+//! two halves and a merge before that.
 
 use std::slice::IterMut;
 
@@ -168,7 +169,7 @@ fn scatter(values: &[f64], target: &mut [u64]) -> Vec<usize> {
 }
 
 /// Step 4: each bucket of `keys` (`sizes` long each) sorted in cache, its values' bits
-/// written to its place in `out`, or back over the keys without an `out`.
+/// left in place, or copied to the bucket's place in `out`.
 fn sort_buckets(sizes: &[usize], keys: &mut [u64], out: Option<&mut [u64]>) {
     let mut pieces: Vec<(&mut [u64], Option<&mut [u64]>)> = Vec::with_capacity(sizes.len());
     let (mut keys_rest, mut out_rest) = (keys, out);
@@ -186,8 +187,8 @@ fn sort_buckets(sizes: &[usize], keys: &mut [u64], out: Option<&mut [u64]>) {
         out_rest = out_tail;
     }
     // Buckets up to HOT_MAX keys are sorted with a buffer each worker reuses as the
-    // spare (so the radix passes' scattered writes stay in cache), the last pass writing
-    // the values; a larger bucket (one bin holding more) is split recursively.
+    // spare (so the radix passes' scattered writes stay in cache); a larger bucket (one
+    // bin holding more) is split recursively.
     let largest = sizes.iter().copied().max().unwrap_or(0).min(HOT_MAX);
     pieces
         .into_par_iter()
@@ -211,31 +212,27 @@ fn sort_buckets(sizes: &[usize], keys: &mut [u64], out: Option<&mut [u64]>) {
             if hot.len() < largest {
                 hot.resize(largest, 0);
             }
-            sort_bucket(keys, &mut hot[..keys.len()], out);
+            sort_bucket(keys, &mut hot[..keys.len()]);
+            // Copied out only now, in order: the radix passes' scattered writes went to
+            // the bucket's keys, in cache, not to `out`'s cold memory.
+            if let Some(out) = out {
+                out.copy_from_slice(keys);
+            }
         });
 }
 
-/// Sorts a bucket's `keys` into `out` as values' bits (back into `keys` without an
-/// `out`), with `spare` (as long) as scratch. An LSD radix sort of two digits over the
-/// highest varying bits, about 8 times as many slots as keys, whose second pass writes
-/// the values; then each group of values equal in those bits (rare, unless values
-/// crowd) is sorted by comparison.
-fn sort_bucket(keys: &mut [u64], spare: &mut [u64], out: Option<&mut [u64]>) {
+/// Sorts a bucket's `keys` in place and leaves the values' bits there, with `spare` (as
+/// long) as scratch. An LSD radix sort of two digits over the highest varying bits,
+/// about 8 times as many slots as keys, whose second pass writes the values; then each
+/// group of values equal in those bits (rare, unless values crowd) is sorted by
+/// comparison.
+fn sort_bucket(keys: &mut [u64], spare: &mut [u64]) {
     let n = keys.len();
     let varying = varying_bits(keys);
     if n <= SMALL || varying == 0 {
         keys.sort_unstable();
-        match out {
-            Some(out) => {
-                for (out, &k) in out.iter_mut().zip(keys.iter()) {
-                    *out = value(k).to_bits();
-                }
-            }
-            None => {
-                for k in keys.iter_mut() {
-                    *k = value(*k).to_bits();
-                }
-            }
+        for k in keys.iter_mut() {
+            *k = value(*k).to_bits();
         }
         return;
     }
@@ -263,7 +260,7 @@ fn sort_bucket(keys: &mut [u64], spare: &mut [u64], out: Option<&mut [u64]>) {
         spare[*at as usize] = k;
         *at += 1;
     }
-    let out = out.unwrap_or(keys);
+    let out = keys;
     for &k in spare.iter() {
         let at = &mut high_at[(k >> (shift + low)) as usize & high_mask];
         out[*at as usize] = value(k).to_bits();
