@@ -260,10 +260,11 @@ fn sort_bucket(keys: &mut [u64], spare: &mut [u64]) {
         spare[*at as usize] = k;
         *at += 1;
     }
-    let out = keys;
+    // The second pass writes the values themselves (their bits) back over the keys.
+    let values = keys;
     for &k in spare.iter() {
         let at = &mut high_at[(k >> (shift + low)) as usize & high_mask];
-        out[*at as usize] = value(k).to_bits();
+        values[*at as usize] = value(k).to_bits();
         *at += 1;
     }
     if shift > 0 {
@@ -272,21 +273,21 @@ fn sort_bucket(keys: &mut [u64], spare: &mut [u64]) {
         let key_of = |bits: u64| key(f64::from_bits(bits));
         let prefix_of = |bits: u64| key_of(bits) >> shift;
         let mut from = 0;
-        while let Some(at) = out[from..]
+        while let Some(at) = values[from..]
             .windows(2)
             .position(|w| key_of(w[1]) < key_of(w[0]))
         {
             let i = from + at + 1;
-            let prefix = prefix_of(out[i]);
-            let start = out[..i]
+            let prefix = prefix_of(values[i]);
+            let start = values[..i]
                 .iter()
                 .rposition(|&v| prefix_of(v) != prefix)
                 .map_or(0, |p| p + 1);
-            let end = out[i..]
+            let end = values[i..]
                 .iter()
                 .position(|&v| prefix_of(v) != prefix)
                 .map_or(n, |p| i + p);
-            out[start..end].sort_unstable_by_key(|&v| key_of(v));
+            values[start..end].sort_unstable_by_key(|&v| key_of(v));
             from = end;
         }
     }
