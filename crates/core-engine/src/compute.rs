@@ -381,17 +381,23 @@ mod tests {
         sort_f64(&mut values, true);
         assert!(values[0].is_nan() && values[values.len() - 1] == f64::NEG_INFINITY);
 
-        // A sorted copy, large (the bucketed sort) and small (radsort); the source stays.
-        for len in [values.len(), 1000] {
-            let source = values[..len].to_vec();
-            let mut copy = vec![0.0; len];
-            sort_f64_into(&source, &mut copy);
-            let mut expected = source.clone();
+        // A sorted copy, large (the bucketed sort) and small (radsort).
+        let unsorted: Vec<f64> = (0..600_000_u64)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) % 100_003) as f64) * -0.5 + 7.0)
+            .chain([f64::NAN, -0.0, 0.0, f64::NEG_INFINITY])
+            .collect();
+        for source in [&unsorted[..], &unsorted[..1000]] {
+            let mut copy = vec![0.0; source.len()];
+            sort_f64_into(source, &mut copy);
+            let mut expected = source.to_vec();
             expected.sort_by(f64::total_cmp);
-            let same =
-                |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same(&copy, &expected), "sorted copy of {len}");
-            assert!(same(&source, &values[..len]), "source of {len} kept");
+            assert!(
+                copy.iter()
+                    .zip(&expected)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "sorted copy of {}",
+                source.len()
+            );
         }
 
         let mut ints: Vec<i64> = (0..600_000_i64)
