@@ -113,21 +113,20 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> Result<f64, EngineError> {
     })
 }
 
-/// Sorts by IEEE-754 total order (-NaN < -inf < … < -0 < +0 < … < +inf < +NaN): an LSD
-/// radix sort on the bits; when large, the parallel bucketed radix sort of [`crate::sort`].
-pub(crate) fn sort_f64(values: &mut [f64], descending: bool) {
-    if values.len() < PARALLEL_MIN {
-        radsort::sort(values);
-    } else {
-        crate::sort::sort_f64(values);
-    }
+/// `values` sorted by IEEE-754 total order (-NaN < -inf < … < -0 < +0 < … < +inf <
+/// +NaN), as a new vector: see [`sort_f64_into`].
+pub(crate) fn sorted_f64(values: &[f64], descending: bool) -> Vec<f64> {
+    let mut sorted = vec![0.0; values.len()];
+    sort_f64_into(values, &mut sorted);
     if descending {
-        values.reverse();
+        sorted.reverse();
     }
+    sorted
 }
 
-/// `source` sorted into `out` (as long), ascending: a sorted copy, which for large
-/// inputs costs no separate copy pass (see [`crate::sort::sort_f64_into`]).
+/// `source` sorted into `out` (as long), ascending: an LSD radix sort on the bits of a
+/// copy; when large, the parallel bucketed radix sort of [`crate::sort`], which writes
+/// the copy as it sorts.
 pub(crate) fn sort_f64_into(source: &[f64], out: &mut [f64]) {
     if source.len() < PARALLEL_MIN {
         out.copy_from_slice(source);
@@ -365,37 +364,27 @@ mod tests {
 
     #[test]
     fn sorts_follow_total_order_in_parallel_too() {
-        let mut values: Vec<f64> = (0..600_000_u64)
+        // Large (the bucketed sort) and small (radsort), both directions; the values
+        // are copied, in total order, bit for bit.
+        let values: Vec<f64> = (0..600_000_u64)
             .map(|i| ((i.wrapping_mul(2_654_435_761) % 100_003) as f64) - 50_000.0)
+            .chain([f64::NAN, -0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY])
             .collect();
-        values.extend([f64::NAN, -0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY]);
-        let mut expected = values.clone();
-        expected.sort_by(f64::total_cmp);
-        sort_f64(&mut values, false);
-        assert!(
-            values
-                .iter()
-                .zip(&expected)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-        );
-        sort_f64(&mut values, true);
-        assert!(values[0].is_nan() && values[values.len() - 1] == f64::NEG_INFINITY);
-
-        // A sorted copy, large (the bucketed sort) and small (radsort).
-        let unsorted: Vec<f64> = (0..600_000_u64)
-            .map(|i| ((i.wrapping_mul(2_654_435_761) % 100_003) as f64) * -0.5 + 7.0)
-            .chain([f64::NAN, -0.0, 0.0, f64::NEG_INFINITY])
-            .collect();
-        for source in [&unsorted[..], &unsorted[..1000]] {
-            let mut copy = vec![0.0; source.len()];
-            sort_f64_into(source, &mut copy);
+        let same = |x: &[f64], y: &[f64]| {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
+        };
+        for source in [&values[..], &values[values.len() - 1000..]] {
             let mut expected = source.to_vec();
             expected.sort_by(f64::total_cmp);
             assert!(
-                copy.iter()
-                    .zip(&expected)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "sorted copy of {}",
+                same(&sorted_f64(source, false), &expected),
+                "{}",
+                source.len()
+            );
+            expected.reverse();
+            assert!(
+                same(&sorted_f64(source, true), &expected),
+                "{}",
                 source.len()
             );
         }

@@ -192,12 +192,13 @@ pub mod bench_support {
         crate::analyze::quantiles_of(values, qs)
     }
 
-    /// The f64 sort of Compute.
-    pub fn sort_f64(values: &mut [f64]) {
-        crate::compute::sort_f64(values, false);
+    /// The f64 sort of Compute: a sorted copy in a new vector.
+    pub fn sorted_f64(values: &[f64]) -> Vec<f64> {
+        crate::compute::sorted_f64(values, false)
     }
 
-    /// A sorted copy, as `numpy.sort` makes: `source` into `out` (as long).
+    /// A sorted copy into a given array, as `numpy.sort` makes: `source` into `out` (as
+    /// long).
     pub fn sort_f64_into(source: &[f64], out: &mut [f64]) {
         crate::compute::sort_f64_into(source, out);
     }

@@ -5,28 +5,28 @@
 //! 1. one read pass counts the keys' top 16 bits per thread segment;
 //! 2. consecutive 16-bit bins are grouped into buckets of about [`BUCKET_TARGET`] keys,
 //!    so the split follows the data's distribution (normal data crowds a few exponents);
-//! 3. one pass scatters the keys into their buckets, each thread into its own slots:
-//!    into a scratch buffer when sorting in place ([`sort_f64`]), straight into the
-//!    output when making a sorted copy ([`sort_f64_into`]);
+//! 3. one pass scatters the keys from the source straight into their buckets in the
+//!    output, each thread into its own slots;
 //! 4. each bucket (a few thousand keys when the data spreads; normal data crowds single
 //!    bins, so 10 M normal values give buckets of about 41,000 keys) is sorted in place
 //!    by an LSD radix sort of two digits over its highest varying bits, with a buffer
 //!    its worker reuses as the spare, so the scattered writes stay in cache; the second
 //!    digit's pass writes the values, and the rare groups equal in those bits are then
-//!    sorted by comparison. In place the bucket is then copied to its place in `values`;
-//!    in a sorted copy it is already there.
+//!    sorted by comparison.
 //!    Buckets are shared out by rayon. A bucket larger than [`HOT_MAX`] is split
 //!    instead, recursively by its highest varying bits, into runs of a few keys sorted
 //!    by comparison.
 //!
-//! Main memory is read and written about twice, instead of once per digit as in an LSD
-//! radix sort of the whole input. Measured on 10 M normal f64, 2 threads
-//! (`ENGINE_BENCH_ONLY=sort cargo bench -p core-engine --bench engine`, a sorted copy as
-//! `numpy.sort` makes), on a Xeon with 2 MiB of L2 per core: 55–64 ms scattering
-//! straight into the copy, against 88–94 ms copying first, then sorting the copy in
-//! place. On an earlier Xeon: 104–107 ms (copy first), against 146–161 ms for the
-//! recursive split of every bucket (step 4's fallback) and 386 ms for the LSD sort of
-//! two halves and a merge before that.
+//! The sort makes a sorted copy: the source is read twice and the output written about
+//! twice, with no scratch buffer and no copy pass of its own. Measured on 10 M normal
+//! f64, 2 threads (`ENGINE_BENCH_ONLY=sort cargo bench -p core-engine --bench engine`),
+//! on a Xeon with 2 MiB of L2 per core: 55–64 ms into a new array, against 88–94 ms for
+//! copying first and then sorting in place through an 80 MB scratch buffer; with the
+//! copy made beforehand and not timed, the in-place sort took 65–167 ms (median 74) in
+//! five runs alternating with five sorted copies into a new vector at 64–69 ms. On an
+//! earlier Xeon, copy first: 104–107 ms, against 146–161 ms for the recursive split of
+//! every bucket (step 4's fallback) and 386 ms for the LSD sort of two halves and a
+//! merge before that.
 
 use std::slice::IterMut;
 
@@ -62,22 +62,10 @@ fn value(key: u64) -> f64 {
     f64::from_bits(key ^ (!(((key as i64) >> 63) as u64) | (1 << 63)))
 }
 
-/// Sorts `values` by `f64::total_cmp`, on the current rayon pool.
-pub(crate) fn sort_f64(values: &mut [f64]) {
-    if values.len() <= SMALL || u32::try_from(values.len()).is_err() {
-        values.par_sort_unstable_by(f64::total_cmp);
-        return;
-    }
-    let mut scratch = Scratch::new(values.len());
-    let keys = scratch.keys();
-    let sizes = scatter(values, keys);
-    sort_buckets(&sizes, keys, Some(bytemuck::cast_slice_mut(values)));
-}
-
 /// Writes `source`'s values to `out` (as long) sorted by `f64::total_cmp`, on the
 /// current rayon pool: a sorted copy, as `numpy.sort` returns. The keys are scattered
-/// straight into `out` and each bucket is sorted there, so this takes the passes of
-/// [`sort_f64`] without its scratch, where a copy and then a sort would add a pass.
+/// straight into `out` and each bucket is sorted there, in cache, so a copy costs no
+/// pass of its own and needs no scratch buffer.
 ///
 /// # Panics
 /// If `out` is not as long as `source`.
@@ -94,7 +82,7 @@ pub(crate) fn sort_f64_into(source: &[f64], out: &mut [f64]) {
     }
     let out: &mut [u64] = bytemuck::cast_slice_mut(out);
     let sizes = scatter(source, out);
-    sort_buckets(&sizes, out, None);
+    sort_buckets(&sizes, out);
 }
 
 /// Steps 1–3: counts the top bits of `values`, groups the bins into buckets and
@@ -168,43 +156,26 @@ fn scatter(values: &[f64], target: &mut [u64]) -> Vec<usize> {
     sizes
 }
 
-/// Step 4: each bucket of `keys` (`sizes` long each) sorted in cache, its values' bits
-/// left in place, or copied to the bucket's place in `out`.
-fn sort_buckets(sizes: &[usize], keys: &mut [u64], out: Option<&mut [u64]>) {
-    let mut pieces: Vec<(&mut [u64], Option<&mut [u64]>)> = Vec::with_capacity(sizes.len());
-    let (mut keys_rest, mut out_rest) = (keys, out);
+/// Step 4: each bucket of `keys` (`sizes` long each) sorted in place, in cache, leaving
+/// the values' bits.
+fn sort_buckets(sizes: &[usize], keys: &mut [u64]) {
+    let mut buckets: Vec<&mut [u64]> = Vec::with_capacity(sizes.len());
+    let mut rest = keys;
     for &size in sizes {
-        let (keys, keys_tail) = keys_rest.split_at_mut(size);
-        let (out, out_tail) = match out_rest {
-            Some(rest) => {
-                let (out, tail) = rest.split_at_mut(size);
-                (Some(out), Some(tail))
-            }
-            None => (None, None),
-        };
-        pieces.push((keys, out));
-        keys_rest = keys_tail;
-        out_rest = out_tail;
+        let (bucket, tail) = rest.split_at_mut(size);
+        buckets.push(bucket);
+        rest = tail;
     }
     // Buckets up to HOT_MAX keys are sorted with a buffer each worker reuses as the
     // spare (so the radix passes' scattered writes stay in cache); a larger bucket (one
     // bin holding more) is split recursively.
     let largest = sizes.iter().copied().max().unwrap_or(0).min(HOT_MAX);
-    pieces
+    buckets
         .into_par_iter()
-        .for_each_init(Vec::new, |hot: &mut Vec<u64>, (keys, out)| {
+        .for_each_init(Vec::new, |hot: &mut Vec<u64>, keys| {
             if keys.len() > HOT_MAX {
-                let out = match out {
-                    Some(out) => {
-                        sort_into(keys, out);
-                        out
-                    }
-                    None => {
-                        sort_in_place(keys, &mut vec![0; keys.len()]);
-                        keys
-                    }
-                };
-                for k in out.iter_mut() {
+                sort_in_place(keys, &mut vec![0; keys.len()]);
+                for k in keys.iter_mut() {
                     *k = value(*k).to_bits();
                 }
                 return;
@@ -213,11 +184,6 @@ fn sort_buckets(sizes: &[usize], keys: &mut [u64], out: Option<&mut [u64]>) {
                 hot.resize(largest, 0);
             }
             sort_bucket(keys, &mut hot[..keys.len()]);
-            // Copied out only now, in order: the radix passes' scattered writes went to
-            // the bucket's keys, in cache, not to `out`'s cold memory.
-            if let Some(out) = out {
-                out.copy_from_slice(keys);
-            }
         });
 }
 
@@ -289,34 +255,6 @@ fn sort_bucket(keys: &mut [u64], spare: &mut [u64]) {
                 .map_or(n, |p| i + p);
             values[start..end].sort_unstable_by_key(|&v| key_of(v));
             from = end;
-        }
-    }
-}
-
-/// The scatter target: anonymous memory advised for transparent huge pages (one page
-/// fault per 2 MiB instead of per 4 KiB; the kernel zeroes it), or a vector where
-/// mapping fails.
-enum Scratch {
-    Mapped(memmap2::MmapMut),
-    Vec(Vec<u64>),
-}
-
-impl Scratch {
-    fn new(n: usize) -> Self {
-        match memmap2::MmapMut::map_anon(n * size_of::<u64>()) {
-            Ok(map) => {
-                let _ = map.advise(memmap2::Advice::HugePage);
-                Self::Mapped(map)
-            }
-            Err(_) => Self::Vec(vec![0; n]),
-        }
-    }
-
-    fn keys(&mut self) -> &mut [u64] {
-        match self {
-            // A mapping is page-aligned, so the cast cannot fail.
-            Self::Mapped(map) => bytemuck::cast_slice_mut(&mut map[..]),
-            Self::Vec(keys) => keys,
         }
     }
 }
@@ -413,25 +351,17 @@ mod tests {
 
     use super::*;
 
-    /// Both entries, in place and into a new buffer, against the standard library's
-    /// sort, bit for bit.
+    /// A sorted copy against the standard library's sort, bit for bit.
     fn check(values: Vec<f64>) {
         let mut expected = values.clone();
         expected.sort_by(f64::total_cmp);
         let mut copy = vec![0.0; values.len()];
         sort_f64_into(&values, &mut copy);
-        let mut in_place = values;
-        sort_f64(&mut in_place);
-        for (got, how) in [(copy, "into a new buffer"), (in_place, "in place")] {
-            let same = got
-                .iter()
-                .zip(&expected)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(
-                same && got.len() == expected.len(),
-                "{how}: not in total order"
-            );
-        }
+        let same = copy
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same && copy.len() == expected.len(), "not in total order");
     }
 
     /// xorshift, fixed seed.

@@ -152,9 +152,8 @@ pub(super) async fn compute(
                 )
                 .map(Out::Scalar),
                 Op::SortF64(sort) => {
-                    let mut values = sort.input.unwrap_or_default().values;
-                    compute::sort_f64(&mut values, sort.descending);
-                    Ok(f64s(values))
+                    let values = sort.input.unwrap_or_default().values;
+                    Ok(f64s(compute::sorted_f64(&values, sort.descending)))
                 }
                 Op::SortI64(sort) => {
                     let mut values = sort.input.unwrap_or_default().values;

@@ -208,6 +208,34 @@ async fn compute_kernels_answer_and_check_shapes() {
             values: vec![f64::NEG_INFINITY, -0.0, 1.0, 3.0]
         })
     );
+    // Large enough for the parallel bucketed sort, descending: the answer is the input
+    // in reverse total order, bit for bit (NaN first, then +inf, …, +0, -0, …).
+    let mut many: Vec<f64> = (0..300_000_u64)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) % 100_003) as f64) * 0.25 - 12_500.0)
+        .collect();
+    many.extend([f64::NAN, f64::INFINITY, 0.0, -0.0, f64::NEG_INFINITY]);
+    let mut expected = many.clone();
+    expected.sort_by(|a, b| b.total_cmp(a));
+    let Out::F64s(sorted) = compute(
+        &mut client,
+        Op::SortF64(SortF64Op {
+            input: v(many),
+            descending: true,
+        }),
+    )
+    .await
+    .unwrap() else {
+        panic!("a sort answers with values");
+    };
+    assert_eq!(sorted.values.len(), expected.len());
+    assert!(
+        sorted
+            .values
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "not in descending total order"
+    );
     assert_eq!(
         compute(
             &mut client,
