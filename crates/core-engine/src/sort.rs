@@ -10,9 +10,9 @@
 //! 4. each bucket (a few thousand keys when the data spreads; normal data crowds single
 //!    bins, so 10 M normal values give buckets of about 41,000 keys) is sorted in place
 //!    by an LSD radix sort of two digits over its highest varying bits, with a buffer
-//!    its worker reuses as the spare, so the scattered writes stay in cache; the second
-//!    digit's pass writes the values, and the rare groups equal in those bits are then
-//!    sorted by comparison.
+//!    its worker reuses as the spare, so the scattered writes stay in cache; the rare
+//!    groups equal in those bits are then sorted by comparison, and the keys turned
+//!    back into values while the bucket is still in cache.
 //!    Buckets are shared out by rayon. A bucket larger than [`HOT_MAX`] is split
 //!    instead, recursively by its highest varying bits, into runs of a few keys sorted
 //!    by comparison.
@@ -175,31 +175,28 @@ fn sort_buckets(sizes: &[usize], keys: &mut [u64]) {
         .for_each_init(Vec::new, |hot: &mut Vec<u64>, keys| {
             if keys.len() > HOT_MAX {
                 sort_in_place(keys, &mut vec![0; keys.len()]);
-                for k in keys.iter_mut() {
-                    *k = value(*k).to_bits();
+            } else {
+                if hot.len() < largest {
+                    hot.resize(largest, 0);
                 }
-                return;
+                sort_bucket(keys, &mut hot[..keys.len()]);
             }
-            if hot.len() < largest {
-                hot.resize(largest, 0);
+            // The bucket is in cache: its keys become the values there.
+            for k in keys.iter_mut() {
+                *k = value(*k).to_bits();
             }
-            sort_bucket(keys, &mut hot[..keys.len()]);
         });
 }
 
-/// Sorts a bucket's `keys` in place and leaves the values' bits there, with `spare` (as
-/// long) as scratch. An LSD radix sort of two digits over the highest varying bits,
-/// about 8 times as many slots as keys, whose second pass writes the values; then each
-/// group of values equal in those bits (rare, unless values crowd) is sorted by
-/// comparison.
+/// Sorts a bucket's `keys` in place, with `spare` (as long) as scratch: an LSD radix
+/// sort of two digits over the highest varying bits, about 8 times as many slots as
+/// keys, then each group of keys equal in those bits (rare, unless values crowd) sorted
+/// by comparison.
 fn sort_bucket(keys: &mut [u64], spare: &mut [u64]) {
     let n = keys.len();
     let varying = varying_bits(keys);
     if n <= SMALL || varying == 0 {
         keys.sort_unstable();
-        for k in keys.iter_mut() {
-            *k = value(*k).to_bits();
-        }
         return;
     }
     let top = 64 - varying.leading_zeros();
@@ -226,34 +223,27 @@ fn sort_bucket(keys: &mut [u64], spare: &mut [u64]) {
         spare[*at as usize] = k;
         *at += 1;
     }
-    // The second pass writes the values themselves (their bits) back over the keys.
-    let values = keys;
     for &k in spare.iter() {
         let at = &mut high_at[(k >> (shift + low)) as usize & high_mask];
-        values[*at as usize] = value(k).to_bits();
+        keys[*at as usize] = k;
         *at += 1;
     }
     if shift > 0 {
-        // Only values equal in the sorted bits can be out of order: find each
-        // inversion, sort the group of values sharing its prefix, go on after the group.
-        let key_of = |bits: u64| key(f64::from_bits(bits));
-        let prefix_of = |bits: u64| key_of(bits) >> shift;
+        // Only keys equal in the sorted bits can be out of order: find each inversion,
+        // sort the group of keys sharing its prefix, go on after the group.
         let mut from = 0;
-        while let Some(at) = values[from..]
-            .windows(2)
-            .position(|w| key_of(w[1]) < key_of(w[0]))
-        {
+        while let Some(at) = keys[from..].windows(2).position(|w| w[1] < w[0]) {
             let i = from + at + 1;
-            let prefix = prefix_of(values[i]);
-            let start = values[..i]
+            let prefix = keys[i] >> shift;
+            let start = keys[..i]
                 .iter()
-                .rposition(|&v| prefix_of(v) != prefix)
+                .rposition(|&k| k >> shift != prefix)
                 .map_or(0, |p| p + 1);
-            let end = values[i..]
+            let end = keys[i..]
                 .iter()
-                .position(|&v| prefix_of(v) != prefix)
+                .position(|&k| k >> shift != prefix)
                 .map_or(n, |p| i + p);
-            values[start..end].sort_unstable_by_key(|&v| key_of(v));
+            keys[start..end].sort_unstable();
             from = end;
         }
     }
