@@ -26,6 +26,9 @@ fn main() -> anyhow::Result<()> {
         // Every RPC answers UNIMPLEMENTED until its service implements it.
         .generate_default_stubs(true)
         .codec_path("crate::codec::Codec")
+        // Plaintext to encrypt is decoded without a copy (a slice of the received
+        // message) and a client can resend it without copying it.
+        .bytes(".omnimesh.engine.v1.EncryptItem.plaintext")
         .compile_fds(descriptor_set)
         .context("generating tonic code")?;
     Ok(())

@@ -330,7 +330,7 @@ fn main() {
             let encrypt_rate = |batch: usize, in_flight: usize| {
                 let items = vec![
                     EncryptItem {
-                        plaintext: payload.clone(),
+                        plaintext: payload.clone().into(),
                         ..EncryptItem::default()
                     };
                     batch

@@ -30,7 +30,7 @@ async fn create(
 
 fn item(plaintext: &[u8], ad: &[u8], reference: &str) -> EncryptItem {
     EncryptItem {
-        plaintext: plaintext.to_vec(),
+        plaintext: plaintext.to_vec().into(),
         associated_data: ad.to_vec(),
         context: Vec::new(),
         reference: reference.into(),
@@ -261,7 +261,7 @@ async fn derived_keys_need_a_context_and_separate_by_it() {
     let mut client = EngineClient::new(server.channel().await);
     create(&mut client, "tenants", KeyType::Aes256Gcm, true).await;
     let with_context = |context: &[u8]| EncryptItem {
-        plaintext: b"row".to_vec(),
+        plaintext: b"row".to_vec().into(),
         associated_data: vec![],
         context: context.to_vec(),
         reference: String::new(),
