@@ -78,8 +78,9 @@ pub mod codec {
     /// twice a message is reallocated and the message copied once more. 256 KiB keeps
     /// messages up to 128 KiB to one copy (the engine's batched Encrypt: 5–7 % more
     /// items/s), and a larger one being encoded grows once, to its size, rather than by
-    /// doubling. It is address space until written: a small message touches only the
-    /// pages it fills.
+    /// doubling. It is address space until written: a unary call with a small message
+    /// touches only the pages that message fills, while a long stream walks through
+    /// the whole buffer over its messages and keeps 256 KiB resident while it lasts.
     const BUFFER_SIZE: usize = 256 * 1024;
 
     /// Messages are flushed to the connection once this much is buffered (tonic's
