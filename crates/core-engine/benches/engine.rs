@@ -311,7 +311,10 @@ fn main() {
             let payload = vec![0x5a_u8; 1024];
             // Echo calls per second: `size` bytes each way, `in_flight` at once.
             let echo_rate = |size: usize, in_flight: usize| {
-                let (client, payload) = (client.clone(), vec![0x5a_u8; size]);
+                let (client, payload) = (
+                    client.clone(),
+                    tonic::codegen::Bytes::from(vec![0x5a_u8; size]),
+                );
                 rpc_rate(window, in_flight, move || {
                     let (mut client, payload) = (client.clone(), payload.clone());
                     async move {

@@ -122,7 +122,7 @@ impl Load {
                         .clone();
                     let mut client = EngineClient::new(channel);
                     let call = client.echo(engine::EchoRequest {
-                        payload: b"ping".to_vec(),
+                        payload: b"ping".to_vec().into(),
                     });
                     match call.await {
                         Ok(_) => {
@@ -485,7 +485,7 @@ async fn a_killed_engine_replica_fails_no_request_through_the_gateway() {
             let mut client = EngineClient::new(gateway);
             while running.load(Ordering::Relaxed) {
                 let call = client.echo(engine::EchoRequest {
-                    payload: b"ping".to_vec(),
+                    payload: b"ping".to_vec().into(),
                 });
                 match call.await {
                     Ok(_) => done.send_modify(|done| *done += 1),

@@ -96,10 +96,10 @@ async fn call(channel: tonic::transport::Channel, token: &str) -> Result<String,
     let mut client = EngineClient::new(authed(channel, token));
     let response = client
         .echo(omnimesh_proto::engine::v1::EchoRequest {
-            payload: b"x".to_vec(),
+            payload: b"x".to_vec().into(),
         })
         .await?;
-    Ok(String::from_utf8(response.into_inner().payload).unwrap())
+    Ok(String::from_utf8(response.into_inner().payload.to_vec()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,7 @@ impl Engine for Echo {
         request: tonic::Request<pb::EchoRequest>,
     ) -> Result<tonic::Response<pb::EchoResponse>, tonic::Status> {
         let payload = request.into_inner().payload;
-        if payload == b"bad" {
+        if payload == b"bad"[..] {
             return Err(tonic::Status::invalid_argument("payload: bad is refused"));
         }
         Ok(tonic::Response::new(pb::EchoResponse { payload }))
@@ -249,7 +249,7 @@ async fn grpc_web_calls_reach_a_grpc_upstream_binary_and_text() {
     )
     .await;
     let request = framed(&pb::EchoRequest {
-        payload: b"from a browser".to_vec(),
+        payload: b"from a browser".to_vec().into(),
     });
     let (status, content_type, frames) =
         grpc_web_call(server.addr(), "application/grpc-web+proto", request.clone()).await;
@@ -258,7 +258,7 @@ async fn grpc_web_calls_reach_a_grpc_upstream_binary_and_text() {
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(frames[0].0, 0);
     let reply = pb::EchoResponse::decode(frames[0].1.clone()).unwrap();
-    assert_eq!(reply.payload, b"from a browser");
+    assert_eq!(reply.payload, &b"from a browser"[..]);
     assert_eq!(frames[1].0, 0x80, "the trailer frame");
     let trailers = String::from_utf8(frames[1].1.to_vec()).unwrap();
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
@@ -273,7 +273,7 @@ async fn grpc_web_calls_reach_a_grpc_upstream_binary_and_text() {
         "{content_type}"
     );
     let reply = pb::EchoResponse::decode(frames[0].1.clone()).unwrap();
-    assert_eq!(reply.payload, b"from a browser");
+    assert_eq!(reply.payload, &b"from a browser"[..]);
 }
 
 #[tokio::test]
@@ -290,7 +290,7 @@ async fn grpc_web_errors_arrive_as_trailers_and_unrouted_calls_are_unimplemented
         server.addr(),
         "application/grpc-web+proto",
         framed(&pb::EchoRequest {
-            payload: b"bad".to_vec(),
+            payload: b"bad".to_vec().into(),
         }),
     )
     .await;

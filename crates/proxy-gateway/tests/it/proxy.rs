@@ -31,7 +31,7 @@ impl Engine for Upstream {
         request: Request<pb::EchoRequest>,
     ) -> Result<Response<pb::EchoResponse>, Status> {
         let payload = request.into_inner().payload;
-        if payload == b"slow" {
+        if payload == b"slow"[..] {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         let mut response = Response::new(pb::EchoResponse { payload });
@@ -131,7 +131,7 @@ pub(crate) async fn echo(
 ) -> Result<String, Status> {
     let response = client
         .echo(pb::EchoRequest {
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
         })
         .await?;
     assert_eq!(response.get_ref().payload, payload);
@@ -257,7 +257,7 @@ async fn deadlines_routes_and_empty_clusters_have_clear_answers() {
 
     // The route's timeout is the gateway's own deadline.
     let request = Request::new(pb::EchoRequest {
-        payload: b"slow".to_vec(),
+        payload: b"slow".to_vec().into(),
     });
     let started = std::time::Instant::now();
     let status = EngineClient::new(channel.clone())
@@ -319,7 +319,7 @@ async fn routes_that_need_a_role_check_the_token() {
         let channel = channel.clone();
         async move {
             let mut request = Request::new(pb::EchoRequest {
-                payload: b"x".to_vec(),
+                payload: b"x".to_vec().into(),
             });
             if let Some(token) = token {
                 request

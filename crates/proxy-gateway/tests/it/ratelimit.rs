@@ -50,7 +50,7 @@ where
     for _ in 0..count {
         match client
             .echo(omnimesh_proto::engine::v1::EchoRequest {
-                payload: b"x".to_vec(),
+                payload: b"x".to_vec().into(),
             })
             .await
         {

@@ -40,7 +40,7 @@ impl Engine for Switchable {
         request: Request<pb::EchoRequest>,
     ) -> Result<Response<pb::EchoResponse>, Status> {
         let payload = request.into_inner().payload;
-        if payload == b"hold" {
+        if payload == b"hold"[..] {
             // Held until the test adds a permit (whenever it does: no lost wake-up).
             self.release.acquire().await.unwrap().forget();
         }
@@ -301,7 +301,7 @@ async fn a_cluster_at_its_request_limit_fails_fast() {
             tokio::spawn(async move {
                 client
                     .echo(pb::EchoRequest {
-                        payload: b"hold".to_vec(),
+                        payload: b"hold".to_vec().into(),
                     })
                     .await
             })
