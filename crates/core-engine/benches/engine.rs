@@ -311,14 +311,14 @@ fn main() {
             let payload = vec![0x5a_u8; 1024];
             // Echo calls per second: `size` bytes each way, `in_flight` at once.
             let echo_rate = |size: usize, in_flight: usize| {
-                let (client, payload) = (
-                    client.clone(),
-                    tonic::codegen::Bytes::from(vec![0x5a_u8; size]),
-                );
+                let request = EchoRequest {
+                    payload: vec![0x5a_u8; size].into(),
+                };
+                let client = client.clone();
                 rpc_rate(window, in_flight, move || {
-                    let (mut client, payload) = (client.clone(), payload.clone());
+                    let (mut client, request) = (client.clone(), request.clone());
                     async move {
-                        client.echo(EchoRequest { payload }).await.expect("echo");
+                        client.echo(request).await.expect("echo");
                         1
                     }
                 })
