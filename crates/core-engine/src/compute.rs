@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::crypto::{HashAlg, hash};
+use crate::crypto::{HashAlg, hash, sha256_parts};
 use crate::error::EngineError;
 
 const CHUNK: usize = 32 * 1024;
@@ -285,7 +285,7 @@ pub(crate) fn merkle_root(leaves: &[Vec<u8>]) -> Vec<u8> {
     let mut level: Vec<Vec<u8>> = leaves
         .par_iter()
         .with_min_len(64)
-        .map(|leaf| hash(HashAlg::Sha256, &[&[0_u8][..], leaf].concat()))
+        .map(|leaf| sha256_parts(&[&[0], leaf]))
         .collect();
     // Pairing from the left and promoting an odd last node gives the same tree as the
     // recursive split at the largest power of two.
@@ -294,7 +294,7 @@ pub(crate) fn merkle_root(leaves: &[Vec<u8>]) -> Vec<u8> {
             .par_chunks(2)
             .with_min_len(64)
             .map(|pair| match pair {
-                [left, right] => hash(HashAlg::Sha256, &[&[1_u8][..], left, right].concat()),
+                [left, right] => sha256_parts(&[&[1], left, right]),
                 [single] => single.clone(),
                 _ => unreachable!("chunks of two"),
             })

@@ -233,6 +233,15 @@ pub(crate) fn hash(alg: HashAlg, input: &[u8]) -> Vec<u8> {
     digest::digest(alg, input).as_ref().to_vec()
 }
 
+/// SHA-256 of the concatenation of `parts`, without concatenating them.
+pub(crate) fn sha256_parts(parts: &[&[u8]]) -> Vec<u8> {
+    let mut context = digest::Context::new(&digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
+    context.finish().as_ref().to_vec()
+}
+
 /// How an ECDSA signature is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EcdsaEncoding {
