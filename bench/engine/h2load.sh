@@ -4,7 +4,8 @@
 # One release core-engine on 127.0.0.1:18200 (a fresh SQLite key store), one key; h2load
 # posts pre-encoded gRPC requests (64 × 1 KiB items, and a 64 KiB Echo for comparison)
 # for H2LOAD_D seconds. Prints calls/s, items/s and the server's CPU time per call (from
-# /proc/<pid>/stat, user + system).
+# /proc/<pid>/stat, user + system), and for Encrypt what the server alone would answer on
+# every core against the in-process sealing of the last `make bench-engine`, if there was one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source bench/lib.sh
@@ -54,11 +55,22 @@ for call in Encrypt:encrypt64.bin Echo:echo64k.bin; do
   after=$(cpu)
   grep -q " 0 failed, 0 errored" <<<"$out" || { echo "$out" >&2; exit 1; }
   done_calls=$(grep -oP 'requests: \d+ total, \d+ started, \K\d+(?= done)' <<<"$out")
-  python3 - "$method" "$done_calls" "$H2LOAD_D" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
-import sys
-method, calls, seconds, before, after, tck = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), *map(float, sys.argv[4:])
+  python3 - "$method" "$done_calls" "$H2LOAD_D" "$before" "$after" "$(getconf CLK_TCK)" "$(nproc)" <<'PY'
+import json, pathlib, sys
+method, calls, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+before, after, tck, cores = map(float, sys.argv[4:])
 cpu_s = (after - before) / tck
+per_call = cpu_s / calls
 print(f"{method}: {calls / seconds:,.0f} calls/s = {64 * calls / seconds:,.0f} (1 KiB items)/s; "
-      f"server CPU {cpu_s / seconds:.2f} cores, {cpu_s / calls * 1e6:.0f} µs per call")
+      f"server CPU {cpu_s / seconds:.2f} cores, {per_call * 1e6:.0f} µs per call")
+# What the server alone would answer with every core to itself (the client elsewhere),
+# against the in-process sealing of the last `make bench-engine` on this machine.
+ours = pathlib.Path("target/bench-engine/ours.json")
+if method == "Encrypt" and ours.exists():
+    sealing = json.loads(ours.read_text()).get("seal_aes256gcm_1KiB_1core_items_per_s")
+    if sealing:
+        items = cores * 64 / per_call
+        print(f"  server alone on {cores:.0f} cores: {items:,.0f} items/s = {items / sealing:.2f}x "
+              f"the in-process sealing of {ours} ({sealing:,.0f} items/s)")
 PY
 done
