@@ -271,15 +271,16 @@ fn main() {
         out.insert("matmul_GFLOP_per_s".into(), json!(gflops));
     }
 
-    // "rpc64" runs only the batched Encrypt (for profiling).
+    // "rpc64" runs only the batched Encrypt, "stream" only EncryptStream (for profiling).
     let all_rpc = wanted("rpc");
-    if all_rpc || wanted("rpc64") {
+    let (batched, streamed) = (all_rpc || wanted("rpc64"), all_rpc || wanted("stream"));
+    if batched || streamed {
         // The RPCs: a real server on 127.0.0.1:0 and a warm client, both in this process.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let (echo, echo_64k, encrypt_1, encrypt_64) = runtime.block_on(async {
+        let (echo, echo_64k, encrypt_1, encrypt_64, stream) = runtime.block_on(async {
             let dir = tempfile::tempdir().expect("temp dir");
             let app = App::build(Config::for_test(dir.path()))
                 .await
@@ -359,10 +360,54 @@ fn main() {
             } else {
                 f64::NAN
             };
-            let encrypt_64 = encrypt_rate(64, 8).await;
+            let encrypt_64 = if batched {
+                encrypt_rate(64, 8).await
+            } else {
+                f64::NAN
+            };
+            // Plaintext bytes per second through one EncryptStream call: 64 MiB in 64 KiB
+            // pieces, the response read to its end.
+            let stream = if streamed {
+                const PIECE: usize = 64 * 1024;
+                let pieces = 1024;
+                let mut runs = Vec::new();
+                for _ in 0..=REPEATS {
+                    let header = StreamChunk {
+                        part: Some(stream_chunk::Part::Header(StreamHeader {
+                            key_name: "bench".into(),
+                            ..StreamHeader::default()
+                        })),
+                    };
+                    let piece = vec![0x5a_u8; PIECE];
+                    let input = tokio_stream::iter(std::iter::once(header).chain((0..pieces).map(
+                        move |_| StreamChunk {
+                            part: Some(stream_chunk::Part::Data(piece.clone())),
+                        },
+                    )));
+                    let start = Instant::now();
+                    let mut output = client
+                        .clone()
+                        .encrypt_stream(input)
+                        .await
+                        .expect("encrypt stream")
+                        .into_inner();
+                    let mut sealed = 0;
+                    while let Some(message) = output.message().await.expect("stream message") {
+                        if let Some(stream_chunk::Part::Data(data)) = message.part {
+                            sealed += data.len();
+                        }
+                    }
+                    assert!(sealed > pieces * PIECE, "the whole stream came back");
+                    runs.push((pieces * PIECE) as f64 / start.elapsed().as_secs_f64());
+                }
+                runs.remove(0);
+                median(runs)
+            } else {
+                f64::NAN
+            };
             let _ = stop.send(());
             server.await.expect("server task").expect("server");
-            (echo, echo_64k, encrypt_1, encrypt_64)
+            (echo, echo_64k, encrypt_1, encrypt_64, stream)
         });
 
         if all_rpc {
@@ -373,10 +418,15 @@ fn main() {
                 json!(encrypt_1),
             );
         }
-        out.insert(
-            "rpc_encrypt_64x1KiB_8_in_flight_items_per_s".into(),
-            json!(encrypt_64),
-        );
+        if batched {
+            out.insert(
+                "rpc_encrypt_64x1KiB_8_in_flight_items_per_s".into(),
+                json!(encrypt_64),
+            );
+        }
+        if streamed {
+            out.insert("rpc_encrypt_stream_64MiB_bytes_per_s".into(), json!(stream));
+        }
     }
 
     println!("{}", serde_json::Value::Object(out));
