@@ -119,6 +119,18 @@ fn rate(window: Duration, mut op: impl FnMut() -> u64) -> f64 {
     )
 }
 
+/// The median of `REPEATS` rounds of `round` after one more as a warm-up.
+async fn warm_median<Fut: std::future::Future<Output = f64>>(
+    mut round: impl FnMut() -> Fut,
+) -> f64 {
+    let mut runs = Vec::new();
+    for _ in 0..=REPEATS {
+        runs.push(round().await);
+    }
+    runs.remove(0);
+    median(runs)
+}
+
 /// Calls per second with `in_flight` concurrent callers on one channel; the first
 /// round is a warm-up.
 async fn rpc_rate<F, Fut>(window: Duration, in_flight: usize, call: F) -> f64
@@ -126,29 +138,30 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = u64> + Send,
 {
-    let mut runs = Vec::new();
-    for _ in 0..=REPEATS {
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..in_flight)
-            .map(|_| {
-                let call = call.clone();
-                tokio::spawn(async move {
-                    let mut done = 0;
-                    while start.elapsed() < window {
-                        done += call().await;
-                    }
-                    done
+    warm_median(|| {
+        let call = call.clone();
+        async move {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..in_flight)
+                .map(|_| {
+                    let call = call.clone();
+                    tokio::spawn(async move {
+                        let mut done = 0;
+                        while start.elapsed() < window {
+                            done += call().await;
+                        }
+                        done
+                    })
                 })
-            })
-            .collect();
-        let mut done = 0;
-        for task in tasks {
-            done += task.await.expect("caller");
+                .collect();
+            let mut done = 0;
+            for task in tasks {
+                done += task.await.expect("caller");
+            }
+            done as f64 / start.elapsed().as_secs_f64()
         }
-        runs.push(done as f64 / start.elapsed().as_secs_f64());
-    }
-    runs.remove(0);
-    median(runs)
+    })
+    .await
 }
 
 fn main() {
@@ -370,38 +383,38 @@ fn main() {
             let stream = if streamed {
                 const PIECE: usize = 64 * 1024;
                 let pieces = 1024;
-                let mut runs = Vec::new();
-                for _ in 0..=REPEATS {
-                    let header = StreamChunk {
-                        part: Some(stream_chunk::Part::Header(StreamHeader {
-                            key_name: "bench".into(),
-                            ..StreamHeader::default()
-                        })),
-                    };
-                    let piece = vec![0x5a_u8; PIECE];
-                    let input = tokio_stream::iter(std::iter::once(header).chain((0..pieces).map(
-                        move |_| StreamChunk {
-                            part: Some(stream_chunk::Part::Data(piece.clone())),
-                        },
-                    )));
-                    let start = Instant::now();
-                    let mut output = client
-                        .clone()
-                        .encrypt_stream(input)
-                        .await
-                        .expect("encrypt stream")
-                        .into_inner();
-                    let mut sealed = 0;
-                    while let Some(message) = output.message().await.expect("stream message") {
-                        if let Some(stream_chunk::Part::Data(data)) = message.part {
-                            sealed += data.len();
+                warm_median(|| {
+                    let mut client = client.clone();
+                    async move {
+                        let header = StreamChunk {
+                            part: Some(stream_chunk::Part::Header(StreamHeader {
+                                key_name: "bench".into(),
+                                ..StreamHeader::default()
+                            })),
+                        };
+                        let piece = vec![0x5a_u8; PIECE];
+                        let input = tokio_stream::iter(std::iter::once(header).chain(
+                            (0..pieces).map(move |_| StreamChunk {
+                                part: Some(stream_chunk::Part::Data(piece.clone())),
+                            }),
+                        ));
+                        let start = Instant::now();
+                        let mut output = client
+                            .encrypt_stream(input)
+                            .await
+                            .expect("encrypt stream")
+                            .into_inner();
+                        let mut sealed = 0;
+                        while let Some(message) = output.message().await.expect("stream message") {
+                            if let Some(stream_chunk::Part::Data(data)) = message.part {
+                                sealed += data.len();
+                            }
                         }
+                        assert!(sealed > pieces * PIECE, "the whole stream came back");
+                        (pieces * PIECE) as f64 / start.elapsed().as_secs_f64()
                     }
-                    assert!(sealed > pieces * PIECE, "the whole stream came back");
-                    runs.push((pieces * PIECE) as f64 / start.elapsed().as_secs_f64());
-                }
-                runs.remove(0);
-                median(runs)
+                })
+                .await
             } else {
                 f64::NAN
             };
