@@ -51,13 +51,19 @@ if echo64 is not None:
         "as 1 KiB items", f"{echo64 * 64:,.0f} items/s", "in-process sealing, as above",
         f"{inproc:,.0f} items/s", echo64 * 64 / inproc)
 
-# Context, no floor: one EncryptStream call (64 MiB in 64 KiB pieces) against the bytes an
-# Echo of 64 KiB carries each way with 8 calls in flight.
+# Context, no floor: one EncryptStream call (64 MiB in 64 KiB pieces), then one
+# DecryptStream call of its output, against the bytes an Echo of 64 KiB carries each way
+# with 8 calls in flight.
 stream = ours.get("rpc_encrypt_stream_64MiB_bytes_per_s")
 if stream is not None and echo64 is not None:
     row("EncryptStream, 64 MiB in 64 KiB pieces, one call", f"{stream/1e6:,.0f} MB/s",
         "Echo RPC of 64 KiB, 8 in flight", f"{echo64 * 65536 / 1e6:,.0f} MB/s",
         stream / (echo64 * 65536))
+decrypt_stream = ours.get("rpc_decrypt_stream_64MiB_bytes_per_s")
+if decrypt_stream is not None and echo64 is not None:
+    row("DecryptStream of that ciphertext, piece for piece, one call",
+        f"{decrypt_stream/1e6:,.0f} MB/s", "Echo RPC of 64 KiB, 8 in flight",
+        f"{echo64 * 65536 / 1e6:,.0f} MB/s", decrypt_stream / (echo64 * 65536))
 
 # Ours over the same values in huge pages (as numpy allocates) and in ordinary pages:
 # the lower of the two is held to the floor.

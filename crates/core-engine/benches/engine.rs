@@ -208,6 +208,30 @@ fn main() {
             batch.len() as u64
         });
 
+        // Chunked encryption in process, as the stream RPCs do it: 64 MiB in 64 KiB
+        // pieces, sealed and then opened piece for piece.
+        let pieces = vec![vec![0x5a_u8; 64 * 1024]; 1024];
+        let message_len = (pieces.len() * 64 * 1024) as f64;
+        let stream_seal = message_len
+            / time_n(SHORT_REPEATS, || {
+                sealer.encrypt_stream(black_box(&pieces), |piece| {
+                    black_box(piece);
+                });
+            });
+        let mut sealed = Vec::new();
+        sealer.encrypt_stream(&pieces, |piece| sealed.push(piece));
+        let stream_open = message_len
+            / time_n(SHORT_REPEATS, || {
+                black_box(sealer.decrypt_stream(black_box(&sealed)));
+            });
+        out.insert(
+            "stream_seal_64MiB_1core_bytes_per_s".into(),
+            json!(stream_seal),
+        );
+        out.insert(
+            "stream_open_64MiB_1core_bytes_per_s".into(),
+            json!(stream_open),
+        );
         out.insert(
             "seal_aes256gcm_16KiB_1core_bytes_per_s".into(),
             json!(seal_16k),
@@ -293,135 +317,172 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime");
-        let (echo, echo_64k, encrypt_1, encrypt_64, stream) = runtime.block_on(async {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let app = App::build(Config::for_test(dir.path()))
-                .await
-                .expect("engine");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(app.serve(listener, async {
-                let _ = stopped.await;
-            }));
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("endpoint")
-                .initial_stream_window_size(1 << 20)
-                .initial_connection_window_size(4 << 20)
-                .max_frame_size(omnimesh_common::server::MAX_FRAME_SIZE_DEFAULT)
-                .connect()
-                .await
-                .expect("connect");
-            let mut client = EngineClient::new(channel);
-            client
-                .create_key(CreateKeyRequest {
-                    name: "bench".into(),
-                    ..CreateKeyRequest::default()
-                })
-                .await
-                .expect("key");
-            let payload = vec![0x5a_u8; 1024];
-            // Echo calls per second: `size` bytes each way, `in_flight` at once.
-            let echo_rate = |size: usize, in_flight: usize| {
-                let request = EchoRequest {
-                    payload: vec![0x5a_u8; size].into(),
-                };
-                let client = client.clone();
-                rpc_rate(window, in_flight, move || {
-                    let (mut client, request) = (client.clone(), request.clone());
-                    async move {
-                        client.echo(request).await.expect("echo");
-                        1
-                    }
-                })
-            };
-            let (echo, echo_64k) = if all_rpc {
-                // The second is the transport alone at the batched call's size.
-                (echo_rate(1024, 64).await, echo_rate(64 * 1024, 8).await)
-            } else {
-                (f64::NAN, f64::NAN)
-            };
-            // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
-            let encrypt_rate = |batch: usize, in_flight: usize| {
-                let items = vec![
-                    EncryptItem {
-                        plaintext: payload.clone().into(),
-                        ..EncryptItem::default()
+        let (echo, echo_64k, encrypt_1, encrypt_64, stream, decrypt_stream) =
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let app = App::build(Config::for_test(dir.path()))
+                    .await
+                    .expect("engine");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::spawn(app.serve(listener, async {
+                    let _ = stopped.await;
+                }));
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("endpoint")
+                    .initial_stream_window_size(1 << 20)
+                    .initial_connection_window_size(4 << 20)
+                    .max_frame_size(omnimesh_common::server::MAX_FRAME_SIZE_DEFAULT)
+                    .connect()
+                    .await
+                    .expect("connect");
+                let mut client = EngineClient::new(channel);
+                client
+                    .create_key(CreateKeyRequest {
+                        name: "bench".into(),
+                        ..CreateKeyRequest::default()
+                    })
+                    .await
+                    .expect("key");
+                let payload = vec![0x5a_u8; 1024];
+                // Echo calls per second: `size` bytes each way, `in_flight` at once.
+                let echo_rate = |size: usize, in_flight: usize| {
+                    let request = EchoRequest {
+                        payload: vec![0x5a_u8; size].into(),
                     };
-                    batch
-                ];
-                let client = client.clone();
-                rpc_rate(window, in_flight, move || {
-                    let (mut client, items) = (client.clone(), items.clone());
-                    async move {
-                        client
-                            .encrypt(EncryptRequest {
-                                key_name: "bench".into(),
-                                key_version: 0,
-                                items,
-                            })
-                            .await
-                            .expect("encrypt");
-                        batch as u64
-                    }
-                })
-            };
-            let encrypt_1 = if all_rpc {
-                encrypt_rate(1, 64).await
-            } else {
-                f64::NAN
-            };
-            let encrypt_64 = if batched {
-                encrypt_rate(64, 8).await
-            } else {
-                f64::NAN
-            };
-            // Plaintext bytes per second through one EncryptStream call: 64 MiB in 64 KiB
-            // pieces, the response read to its end.
-            let stream = if streamed {
-                const PIECE: usize = 64 * 1024;
-                let pieces = 1024;
-                warm_median(|| {
-                    let mut client = client.clone();
-                    async move {
-                        let header = StreamChunk {
-                            part: Some(stream_chunk::Part::Header(StreamHeader {
-                                key_name: "bench".into(),
-                                ..StreamHeader::default()
-                            })),
-                        };
-                        let piece = vec![0x5a_u8; PIECE];
-                        let input = tokio_stream::iter(std::iter::once(header).chain(
-                            (0..pieces).map(move |_| StreamChunk {
-                                part: Some(stream_chunk::Part::Data(piece.clone())),
-                            }),
-                        ));
-                        let start = Instant::now();
-                        let mut output = client
-                            .encrypt_stream(input)
-                            .await
-                            .expect("encrypt stream")
-                            .into_inner();
-                        let mut sealed = 0;
-                        while let Some(message) = output.message().await.expect("stream message") {
-                            if let Some(stream_chunk::Part::Data(data)) = message.part {
-                                sealed += data.len();
-                            }
+                    let client = client.clone();
+                    rpc_rate(window, in_flight, move || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move {
+                            client.echo(request).await.expect("echo");
+                            1
                         }
-                        assert!(sealed > pieces * PIECE, "the whole stream came back");
-                        (pieces * PIECE) as f64 / start.elapsed().as_secs_f64()
-                    }
-                })
-                .await
-            } else {
-                f64::NAN
-            };
-            let _ = stop.send(());
-            server.await.expect("server task").expect("server");
-            (echo, echo_64k, encrypt_1, encrypt_64, stream)
-        });
+                    })
+                };
+                let (echo, echo_64k) = if all_rpc {
+                    // The second is the transport alone at the batched call's size.
+                    (echo_rate(1024, 64).await, echo_rate(64 * 1024, 8).await)
+                } else {
+                    (f64::NAN, f64::NAN)
+                };
+                // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
+                let encrypt_rate = |batch: usize, in_flight: usize| {
+                    let items = vec![
+                        EncryptItem {
+                            plaintext: payload.clone().into(),
+                            ..EncryptItem::default()
+                        };
+                        batch
+                    ];
+                    let client = client.clone();
+                    rpc_rate(window, in_flight, move || {
+                        let (mut client, items) = (client.clone(), items.clone());
+                        async move {
+                            client
+                                .encrypt(EncryptRequest {
+                                    key_name: "bench".into(),
+                                    key_version: 0,
+                                    items,
+                                })
+                                .await
+                                .expect("encrypt");
+                            batch as u64
+                        }
+                    })
+                };
+                let encrypt_1 = if all_rpc {
+                    encrypt_rate(1, 64).await
+                } else {
+                    f64::NAN
+                };
+                let encrypt_64 = if batched {
+                    encrypt_rate(64, 8).await
+                } else {
+                    f64::NAN
+                };
+                // Plaintext bytes per second through one EncryptStream call (64 MiB in 64 KiB
+                // pieces, the response read to its end), then through one DecryptStream call
+                // of what it returned, piece for piece.
+                let (stream, decrypt_stream) = if streamed {
+                    const PIECE: usize = 64 * 1024;
+                    const PIECES: usize = 1024;
+                    let header = || StreamChunk {
+                        part: Some(stream_chunk::Part::Header(StreamHeader {
+                            key_name: "bench".into(),
+                            ..StreamHeader::default()
+                        })),
+                    };
+                    // Runs one call over `header` and `pieces`; the data pieces of its answer.
+                    let call = |decrypt: bool, pieces: Vec<Vec<u8>>| {
+                        let mut client = client.clone();
+                        async move {
+                            let input = tokio_stream::iter(std::iter::once(header()).chain(
+                                pieces.into_iter().map(|piece| StreamChunk {
+                                    part: Some(stream_chunk::Part::Data(piece)),
+                                }),
+                            ));
+                            let mut output = if decrypt {
+                                client.decrypt_stream(input).await
+                            } else {
+                                client.encrypt_stream(input).await
+                            }
+                            .expect("stream call")
+                            .into_inner();
+                            let mut out = Vec::new();
+                            while let Some(message) =
+                                output.message().await.expect("stream message")
+                            {
+                                if let Some(stream_chunk::Part::Data(data)) = message.part {
+                                    out.push(data);
+                                }
+                            }
+                            out
+                        }
+                    };
+                    let plaintext = vec![vec![0x5a_u8; PIECE]; PIECES];
+                    let encrypt = warm_median(|| {
+                        let plaintext = plaintext.clone();
+                        async move {
+                            let start = Instant::now();
+                            let sealed: usize =
+                                call(false, plaintext).await.iter().map(Vec::len).sum();
+                            let elapsed = start.elapsed().as_secs_f64();
+                            assert!(sealed > PIECES * PIECE, "the whole stream came back");
+                            (PIECES * PIECE) as f64 / elapsed
+                        }
+                    })
+                    .await;
+                    let ciphertext = call(false, plaintext).await;
+                    let decrypt = warm_median(|| {
+                        let ciphertext = ciphertext.clone();
+                        async move {
+                            let start = Instant::now();
+                            let opened: usize =
+                                call(true, ciphertext).await.iter().map(Vec::len).sum();
+                            let elapsed = start.elapsed().as_secs_f64();
+                            assert_eq!(opened, PIECES * PIECE, "the whole stream came back");
+                            opened as f64 / elapsed
+                        }
+                    })
+                    .await;
+                    (encrypt, decrypt)
+                } else {
+                    (f64::NAN, f64::NAN)
+                };
+                let _ = stop.send(());
+                server.await.expect("server task").expect("server");
+                (
+                    echo,
+                    echo_64k,
+                    encrypt_1,
+                    encrypt_64,
+                    stream,
+                    decrypt_stream,
+                )
+            });
 
         if all_rpc {
             out.insert("rpc_echo_1KiB_64_in_flight_per_s".into(), json!(echo));
@@ -439,6 +500,10 @@ fn main() {
         }
         if streamed {
             out.insert("rpc_encrypt_stream_64MiB_bytes_per_s".into(), json!(stream));
+            out.insert(
+                "rpc_decrypt_stream_64MiB_bytes_per_s".into(),
+                json!(decrypt_stream),
+            );
         }
     }
 

@@ -127,7 +127,7 @@ impl App {
 pub mod bench_support {
     use ring::rand::SystemRandom;
 
-    use crate::crypto::{self, AeadAlg, AeadKey, envelope};
+    use crate::crypto::{self, AeadAlg, AeadKey, chunked, envelope};
 
     /// An AES-256-GCM key sealing the way Encrypt does (random nonce, version-bound
     /// associated data).
@@ -165,6 +165,32 @@ pub mod bench_support {
                     envelope::format(1, &body)
                 })
                 .collect()
+        }
+
+        /// Encrypts a message given in `pieces` as EncryptStream does (chunked
+        /// encryption, 16 KiB chunks), handing `each` the header, then each piece's
+        /// output, then the end's.
+        pub fn encrypt_stream(&self, pieces: &[Vec<u8>], mut each: impl FnMut(Vec<u8>)) {
+            let (mut encryptor, header) =
+                chunked::Encryptor::new(AeadAlg::Aes256Gcm, &[7; 32], b"bench", &self.rng)
+                    .expect("encryptor");
+            each(header);
+            for piece in pieces {
+                each(encryptor.push(piece).expect("sealing"));
+            }
+            each(encryptor.finish().expect("sealing"));
+        }
+
+        /// Decrypts what [`Sealer::encrypt_stream`] returned, piece for piece, as
+        /// DecryptStream does; the plaintext's length.
+        pub fn decrypt_stream(&self, pieces: &[Vec<u8>]) -> usize {
+            let mut decryptor =
+                chunked::Decryptor::new(AeadAlg::Aes256Gcm, &[7; 32], b"bench").expect("decryptor");
+            let mut opened = 0;
+            for piece in pieces {
+                opened += decryptor.push(piece).expect("opening").len();
+            }
+            opened + decryptor.finish().expect("opening").len()
         }
 
         /// Seals `plaintext` as Encrypt does; the body (nonce, ciphertext, tag).

@@ -127,7 +127,8 @@ impl Encryptor {
         ))
     }
 
-    fn seal_chunk(&mut self, out: &mut Vec<u8>) -> Result<(), EngineError> {
+    /// The nonce of the next chunk; the counter moves on.
+    fn next_nonce(&mut self) -> Result<[u8; NONCE_LEN], EngineError> {
         if self.counter >= MAX_CHUNKS {
             return Err(EngineError::ResourceExhausted {
                 limit: "chunked-encryption message size",
@@ -136,19 +137,34 @@ impl Encryptor {
             });
         }
         let nonce = chunk_nonce(self.base_nonce, self.counter);
+        self.counter += 1;
+        Ok(nonce)
+    }
+
+    /// Seals the buffered chunk.
+    fn seal_buffer(&mut self, out: &mut Vec<u8>) -> Result<(), EngineError> {
+        let nonce = self.next_nonce()?;
         self.key.seal_into(nonce, b"", &self.buffer, out)?;
         self.buffer.clear();
-        self.counter += 1;
         Ok(())
     }
 
     /// Adds plaintext; returns the ciphertext of every chunk completed. A full chunk is
-    /// sealed only once more data follows: the last chunk must be short.
+    /// sealed only once more data follows: the last chunk must be short. Whole chunks
+    /// of `data` are sealed from it directly; only a partial chunk is buffered.
     pub(crate) fn push(&mut self, mut data: &[u8]) -> Result<Vec<u8>, EngineError> {
-        let mut out = Vec::with_capacity(data.len() + data.len() / CHUNK * TAG_LEN + TAG_LEN);
+        let mut out = Vec::with_capacity(
+            self.buffer.len() + data.len() + (self.buffer.len() + data.len()) / CHUNK * TAG_LEN,
+        );
         while !data.is_empty() {
             if self.buffer.len() == CHUNK {
-                self.seal_chunk(&mut out)?;
+                self.seal_buffer(&mut out)?;
+            }
+            if self.buffer.is_empty() && data.len() > CHUNK {
+                let nonce = self.next_nonce()?;
+                self.key.seal_into(nonce, b"", &data[..CHUNK], &mut out)?;
+                data = &data[CHUNK..];
+                continue;
             }
             let take = (CHUNK - self.buffer.len()).min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
@@ -161,9 +177,9 @@ impl Encryptor {
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, EngineError> {
         let mut out = Vec::with_capacity(2 * SEALED_CHUNK);
         if self.buffer.len() == CHUNK {
-            self.seal_chunk(&mut out)?;
+            self.seal_buffer(&mut out)?;
         }
-        self.seal_chunk(&mut out)?;
+        self.seal_buffer(&mut out)?;
         Ok(out)
     }
 }
@@ -194,6 +210,28 @@ enum State {
     Failed,
 }
 
+/// Opens the next chunk of a message, `sealed`, appending its plaintext to `out`; false
+/// if it does not authenticate or the message has no key yet.
+fn open_next(state: &mut State, sealed: &[u8], out: &mut Vec<u8>) -> bool {
+    let State::Chunks {
+        key,
+        base_nonce,
+        counter,
+    } = state
+    else {
+        return false;
+    };
+    if *counter >= MAX_CHUNKS
+        || key
+            .open_into(chunk_nonce(*base_nonce, *counter), b"", sealed, out)
+            .is_err()
+    {
+        return false;
+    }
+    *counter += 1;
+    true
+}
+
 impl Decryptor {
     pub(crate) fn new(alg: AeadAlg, input_key: &[u8], context: &[u8]) -> Result<Self, EngineError> {
         if input_key.len() != 32 {
@@ -207,7 +245,7 @@ impl Decryptor {
             input_key: Zeroizing::new(input_key.to_vec()),
             context: context.to_vec(),
             state: State::Header,
-            buffer: Vec::with_capacity(SEALED_CHUNK + 1),
+            buffer: Vec::with_capacity(SEALED_CHUNK),
         })
     }
 
@@ -217,48 +255,24 @@ impl Decryptor {
         Err(EngineError::DecryptionFailed)
     }
 
-    fn open_chunk(&mut self, sealed_len: usize, out: &mut Vec<u8>) -> Result<(), EngineError> {
-        let State::Chunks {
-            key,
-            base_nonce,
-            counter,
-        } = &mut self.state
-        else {
-            return self.fail();
-        };
-        if *counter >= MAX_CHUNKS {
-            return self.fail();
-        }
-        let nonce = chunk_nonce(*base_nonce, *counter);
-        match key.open_with_nonce(nonce, b"", &self.buffer[..sealed_len]) {
-            Ok(plaintext) => {
-                out.extend_from_slice(&plaintext);
-                *counter += 1;
-                self.buffer.drain(..sealed_len);
-                Ok(())
-            }
-            Err(_) => self.fail(),
-        }
-    }
-
     /// Adds ciphertext; returns the plaintext of every chunk authenticated.
     pub(crate) fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, EngineError> {
         if matches!(self.state, State::Failed) {
             return Err(EngineError::DecryptionFailed);
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.buffer.len() + data.len());
         let mut data = data;
+        // Never holds more than a header or one full chunk; whole chunks of `data` are
+        // opened straight from it.
         while !data.is_empty() {
-            // Never hold more than a header or one full chunk plus one byte.
-            let room = match self.state {
-                State::Header => HEADER_LEN - self.buffer.len(),
-                _ => SEALED_CHUNK + 1 - self.buffer.len(),
-            };
-            let take = room.min(data.len());
-            self.buffer.extend_from_slice(&data[..take]);
-            data = &data[take..];
             match self.state {
-                State::Header if self.buffer.len() == HEADER_LEN => {
+                State::Header => {
+                    let take = (HEADER_LEN - self.buffer.len()).min(data.len());
+                    self.buffer.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if self.buffer.len() < HEADER_LEN {
+                        continue;
+                    }
                     let mut salt = [0_u8; SALT_LEN];
                     salt.copy_from_slice(&self.buffer[..SALT_LEN]);
                     let derived = derive(self.alg, &self.input_key, &salt, &self.context);
@@ -276,10 +290,24 @@ impl Decryptor {
                     };
                 }
                 // A full chunk followed by more data is not the final one.
-                State::Chunks { .. } if self.buffer.len() > SEALED_CHUNK => {
-                    self.open_chunk(SEALED_CHUNK, &mut out)?;
+                State::Chunks { .. } if self.buffer.len() == SEALED_CHUNK => {
+                    if !open_next(&mut self.state, &self.buffer, &mut out) {
+                        return self.fail();
+                    }
+                    self.buffer.clear();
                 }
-                _ => {}
+                State::Chunks { .. } if self.buffer.is_empty() && data.len() > SEALED_CHUNK => {
+                    if !open_next(&mut self.state, &data[..SEALED_CHUNK], &mut out) {
+                        return self.fail();
+                    }
+                    data = &data[SEALED_CHUNK..];
+                }
+                State::Chunks { .. } => {
+                    let take = (SEALED_CHUNK - self.buffer.len()).min(data.len());
+                    self.buffer.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                }
+                State::Failed => return self.fail(),
             }
         }
         Ok(out)
@@ -294,7 +322,9 @@ impl Decryptor {
             return self.fail();
         }
         let mut out = Vec::with_capacity(final_len);
-        self.open_chunk(final_len, &mut out)?;
+        if !open_next(&mut self.state, &self.buffer, &mut out) {
+            return self.fail();
+        }
         Ok(out)
     }
 }
@@ -382,12 +412,15 @@ mod tests {
             ciphertext[..10].to_vec(),
             Vec::new(),
         ];
-        for (index, bad) in cases.iter().enumerate() {
-            assert_eq!(
-                decrypt(&key, b"ctx", bad, 4096),
-                Err(EngineError::DecryptionFailed),
-                "case {index}"
-            );
+        // In pieces smaller than a chunk (buffered) and all at once (opened in place).
+        for piece in [4096, usize::MAX] {
+            for (index, bad) in cases.iter().enumerate() {
+                assert_eq!(
+                    decrypt(&key, b"ctx", bad, piece),
+                    Err(EngineError::DecryptionFailed),
+                    "case {index}, pieces of {piece}"
+                );
+            }
         }
         assert!(decrypt(&key, b"other", &ciphertext, 4096).is_err());
         assert!(decrypt(&[4; 32], b"ctx", &ciphertext, 4096).is_err());
@@ -424,6 +457,9 @@ mod tests {
                     .unwrap();
                 let (key, ctx) = (hex_field("key"), hex_field("ctx"));
                 let result = decrypt(&key, &ctx, &ct, 7000);
+                // All at once too: whole chunks are then opened straight from the input.
+                let at_once = decrypt(&key, &ctx, &ct, usize::MAX);
+                assert_eq!(result, at_once, "tcId {}", test["tcId"]);
                 if test["result"] == "valid" {
                     let message = result.unwrap_or_else(|e| panic!("tcId {}: {e}", test["tcId"]));
                     assert_eq!(message.len() as u64, test["msgLength"].as_u64().unwrap());

@@ -98,6 +98,38 @@ impl AeadKey {
         Ok(out)
     }
 
+    /// Opens `ciphertext || tag` sealed under `nonce`, appending the plaintext to `out`
+    /// (one copy: `sealed` is copied to the end of `out` and opened there). On failure
+    /// `out` is left as it was.
+    pub(crate) fn open_into(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EngineError> {
+        let start = out.len();
+        out.extend_from_slice(sealed);
+        let opened = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[start..],
+            )
+            .map(|plaintext| plaintext.len());
+        match opened {
+            Ok(length) => {
+                out.truncate(start + length);
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(EngineError::DecryptionFailed)
+            }
+        }
+    }
+
     /// Opens `ciphertext || tag` sealed under `nonce`.
     pub(crate) fn open_with_nonce(
         &self,
@@ -105,18 +137,9 @@ impl AeadKey {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, EngineError> {
-        let mut in_out = sealed.to_vec();
-        let plaintext = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut in_out,
-            )
-            .map_err(|_| EngineError::DecryptionFailed)?;
-        let length = plaintext.len();
-        in_out.truncate(length);
-        Ok(in_out)
+        let mut out = Vec::with_capacity(sealed.len());
+        self.open_into(nonce, aad, sealed, &mut out)?;
+        Ok(out)
     }
 
     /// Seals with a fresh random nonce: `nonce || ciphertext || tag`.
