@@ -4,7 +4,9 @@
 //!
 //! `cargo bench -p core-engine --bench engine [-- --quick]`
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use core_engine::bench_support::{
@@ -103,20 +105,19 @@ fn huge_pages(n: usize) -> memmap2::MmapMut {
     map
 }
 
-/// Operations per second of `op` over `window`, repeated.
+/// Operations per second of `op` over `window`.
+fn rate_once(window: Duration, mut op: impl FnMut() -> u64) -> f64 {
+    let start = Instant::now();
+    let mut done = 0;
+    while start.elapsed() < window {
+        done += op();
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Operations per second of `op` over `window`, repeated; the median.
 fn rate(window: Duration, mut op: impl FnMut() -> u64) -> f64 {
-    median(
-        (0..REPEATS)
-            .map(|_| {
-                let start = Instant::now();
-                let mut done = 0;
-                while start.elapsed() < window {
-                    done += op();
-                }
-                done as f64 / start.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+    median((0..REPEATS).map(|_| rate_once(window, &mut op)).collect())
 }
 
 /// The median of `REPEATS` rounds of `round` after one more as a warm-up.
@@ -131,37 +132,50 @@ async fn warm_median<Fut: std::future::Future<Output = f64>>(
     median(runs)
 }
 
-/// Calls per second with `in_flight` concurrent callers on one channel; the first
-/// round is a warm-up.
-async fn rpc_rate<F, Fut>(window: Duration, in_flight: usize, call: F) -> f64
+/// One round of calls: calls per second with `in_flight` concurrent callers on one
+/// channel for `window`.
+async fn rpc_round<F, Fut>(window: Duration, in_flight: usize, call: F) -> f64
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = u64> + Send,
 {
-    warm_median(|| {
-        let call = call.clone();
-        async move {
-            let start = Instant::now();
-            let tasks: Vec<_> = (0..in_flight)
-                .map(|_| {
-                    let call = call.clone();
-                    tokio::spawn(async move {
-                        let mut done = 0;
-                        while start.elapsed() < window {
-                            done += call().await;
-                        }
-                        done
-                    })
-                })
-                .collect();
-            let mut done = 0;
-            for task in tasks {
-                done += task.await.expect("caller");
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut done = 0;
+                while start.elapsed() < window {
+                    done += call().await;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await.expect("caller");
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A kind of round to alternate with others: one timed run, its rate.
+type Round = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = f64>>>>;
+
+/// The median rate of each kind of round over `REPEATS` rounds, the kinds taken in turn
+/// (a, b, a, b, …) after a warm-up round of each, so that a slow spell of this shared
+/// machine falls on a measurement and its baseline alike.
+async fn alternating(mut kinds: Vec<Round>) -> Vec<f64> {
+    let mut runs = vec![Vec::new(); kinds.len()];
+    for repeat in 0..=REPEATS {
+        for (kind, runs) in kinds.iter_mut().zip(&mut runs) {
+            let rate = kind().await;
+            if repeat > 0 {
+                runs.push(rate);
             }
-            done as f64 / start.elapsed().as_secs_f64()
         }
-    })
-    .await
+    }
+    runs.into_iter().map(median).collect()
 }
 
 fn main() {
@@ -308,16 +322,18 @@ fn main() {
         out.insert("matmul_GFLOP_per_s".into(), json!(gflops));
     }
 
-    // "rpc64" runs only the batched Encrypt, "stream" only EncryptStream (for profiling).
+    // "rpc1" runs only the 1 KiB Echo and Encrypt, "rpc64" only the batched Encrypt,
+    // "stream" only the stream calls (for profiling).
     let all_rpc = wanted("rpc");
+    let single = all_rpc || wanted("rpc1");
     let (batched, streamed) = (all_rpc || wanted("rpc64"), all_rpc || wanted("stream"));
-    if batched || streamed {
+    if single || batched || streamed {
         // The RPCs: a real server on 127.0.0.1:0 and a warm client, both in this process.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let (echo, echo_64k, encrypt_1, encrypt_64, stream, decrypt_stream) =
+        let (echo, echo_64k, encrypt_1, encrypt_64, sealed_alongside, stream, decrypt_stream) =
             runtime.block_on(async {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let app = App::build(Config::for_test(dir.path()))
@@ -349,27 +365,24 @@ fn main() {
                     .expect("key");
                 let payload = vec![0x5a_u8; 1024];
                 // Echo calls per second: `size` bytes each way, `in_flight` at once.
-                let echo_rate = |size: usize, in_flight: usize| {
+                let echo_round = |size: usize, in_flight: usize| -> Round {
                     let request = EchoRequest {
                         payload: vec![0x5a_u8; size].into(),
                     };
                     let client = client.clone();
-                    rpc_rate(window, in_flight, move || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move {
-                            client.echo(request).await.expect("echo");
-                            1
-                        }
+                    Box::new(move || {
+                        let (client, request) = (client.clone(), request.clone());
+                        Box::pin(rpc_round(window, in_flight, move || {
+                            let (mut client, request) = (client.clone(), request.clone());
+                            async move {
+                                client.echo(request).await.expect("echo");
+                                1
+                            }
+                        }))
                     })
                 };
-                let (echo, echo_64k) = if all_rpc {
-                    // The second is the transport alone at the batched call's size.
-                    (echo_rate(1024, 64).await, echo_rate(64 * 1024, 8).await)
-                } else {
-                    (f64::NAN, f64::NAN)
-                };
                 // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
-                let encrypt_rate = |batch: usize, in_flight: usize| {
+                let encrypt_round = |batch: usize, in_flight: usize| -> Round {
                     let items = vec![
                         EncryptItem {
                             plaintext: payload.clone().into(),
@@ -378,30 +391,56 @@ fn main() {
                         batch
                     ];
                     let client = client.clone();
-                    rpc_rate(window, in_flight, move || {
-                        let (mut client, items) = (client.clone(), items.clone());
-                        async move {
-                            client
-                                .encrypt(EncryptRequest {
-                                    key_name: "bench".into(),
-                                    key_version: 0,
-                                    items,
-                                })
-                                .await
-                                .expect("encrypt");
-                            batch as u64
-                        }
+                    Box::new(move || {
+                        let (client, items) = (client.clone(), items.clone());
+                        Box::pin(rpc_round(window, in_flight, move || {
+                            let (mut client, items) = (client.clone(), items.clone());
+                            async move {
+                                client
+                                    .encrypt(EncryptRequest {
+                                        key_name: "bench".into(),
+                                        key_version: 0,
+                                        items,
+                                    })
+                                    .await
+                                    .expect("encrypt");
+                                batch as u64
+                            }
+                        }))
                     })
                 };
-                let encrypt_1 = if all_rpc {
-                    encrypt_rate(1, 64).await
+                // Each measurement in turn with its baseline.
+                let (echo, encrypt_1) = if single {
+                    let rates = alternating(vec![echo_round(1024, 64), encrypt_round(1, 64)]).await;
+                    (rates[0], rates[1])
                 } else {
-                    f64::NAN
+                    (f64::NAN, f64::NAN)
                 };
-                let encrypt_64 = if batched {
-                    encrypt_rate(64, 8).await
+                // The batched Encrypt, in turn with in-process sealing of the same items
+                // (one core, as the `seal` part measures it) and with an Echo of the
+                // request's size (the transport alone, for context).
+                let (encrypt_64, sealed_alongside, echo_64k) = if batched {
+                    let mut kinds = vec![encrypt_round(64, 8)];
+                    kinds.push(Box::new(move || {
+                        let sealer = Sealer::new();
+                        let batch = vec![vec![0x5a_u8; 1024]; 64];
+                        let rate = rate_once(window, || {
+                            black_box(sealer.seal_batch(black_box(&batch)));
+                            batch.len() as u64
+                        });
+                        Box::pin(std::future::ready(rate))
+                    }));
+                    if all_rpc {
+                        kinds.push(echo_round(64 * 1024, 8));
+                    }
+                    let rates = alternating(kinds).await;
+                    (
+                        rates[0],
+                        rates[1],
+                        rates.get(2).copied().unwrap_or(f64::NAN),
+                    )
                 } else {
-                    f64::NAN
+                    (f64::NAN, f64::NAN, f64::NAN)
                 };
                 // Plaintext bytes per second through one EncryptStream call (64 MiB in 64 KiB
                 // pieces, the response read to its end), then through one DecryptStream call
@@ -479,23 +518,30 @@ fn main() {
                     echo_64k,
                     encrypt_1,
                     encrypt_64,
+                    sealed_alongside,
                     stream,
                     decrypt_stream,
                 )
             });
 
-        if all_rpc {
+        if single {
             out.insert("rpc_echo_1KiB_64_in_flight_per_s".into(), json!(echo));
-            out.insert("rpc_echo_64KiB_8_in_flight_per_s".into(), json!(echo_64k));
             out.insert(
                 "rpc_encrypt_1KiB_64_in_flight_per_s".into(),
                 json!(encrypt_1),
             );
         }
+        if all_rpc {
+            out.insert("rpc_echo_64KiB_8_in_flight_per_s".into(), json!(echo_64k));
+        }
         if batched {
             out.insert(
                 "rpc_encrypt_64x1KiB_8_in_flight_items_per_s".into(),
                 json!(encrypt_64),
+            );
+            out.insert(
+                "seal_aes256gcm_1KiB_1core_items_per_s_alongside_rpc".into(),
+                json!(sealed_alongside),
             );
         }
         if streamed {
