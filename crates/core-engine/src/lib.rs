@@ -268,7 +268,9 @@ pub mod fuzz_support {
         if decryptor.push(&header).is_err() {
             return false;
         }
-        for part in rest.chunks(usize::from(piece) * 64 + 1) {
+        // Pieces of 1 to 40,801 bytes: shorter than a sealed chunk (buffered) and longer
+        // (opened straight from the piece).
+        for part in rest.chunks(usize::from(piece) * 160 + 1) {
             if decryptor.push(part).is_err() {
                 return false;
             }
