@@ -492,20 +492,80 @@ fn select_ranks(values: &mut [f64], base: usize, ranks: &[usize]) {
     }
 }
 
-/// Approximate quantiles from a DDSketch built per chunk and merged.
+/// A DDSketch of the finite values, and the infinities counted aside: the sketch maps a
+/// value to a bin by its logarithm, and an infinite one has no bin.
+struct Sketch {
+    finite: DDSketch,
+    negative_infinite: u64,
+    positive_infinite: u64,
+}
+
+impl Sketch {
+    fn new() -> Self {
+        Self {
+            finite: DDSketch::new(SketchConfig::new(SKETCH_RELATIVE_ERROR, 2048, 1.0e-9)),
+            negative_infinite: 0,
+            positive_infinite: 0,
+        }
+    }
+
+    fn add(&mut self, x: f64) {
+        if x == f64::NEG_INFINITY {
+            self.negative_infinite += 1;
+        } else if x == f64::INFINITY {
+            self.positive_infinite += 1;
+        } else {
+            self.finite.add(x);
+        }
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        // Same configuration on both sides: merging cannot fail.
+        let _ = self.finite.merge(&other.finite);
+        self.negative_infinite += other.negative_infinite;
+        self.positive_infinite += other.positive_infinite;
+        self
+    }
+
+    /// The value at rank ⌊q · (n − 1)⌋, as DDSketch ranks: an infinity where the
+    /// infinities lie, otherwise the finite sketch's estimate; NaN when empty.
+    fn quantile(&self, q: f64) -> f64 {
+        let estimate = |q: f64| self.finite.quantile(q).ok().flatten().unwrap_or(f64::NAN);
+        if self.negative_infinite == 0 && self.positive_infinite == 0 {
+            return estimate(q);
+        }
+        let finite = self.finite.count() as u64;
+        let n = self.negative_infinite + finite + self.positive_infinite;
+        let rank = (q * (n - 1) as f64) as u64;
+        if rank < self.negative_infinite {
+            f64::NEG_INFINITY
+        } else if rank >= self.negative_infinite + finite {
+            f64::INFINITY
+        } else {
+            // The same rank among the finite values: the least and greatest exactly (as
+            // DDSketch answers q = 0 and 1), others half a rank up, so that rounding
+            // cannot move the floor below it.
+            let within = rank - self.negative_infinite;
+            if within == 0 {
+                estimate(0.0)
+            } else if within == finite - 1 {
+                estimate(1.0)
+            } else {
+                estimate((within as f64 + 0.5) / (finite - 1) as f64)
+            }
+        }
+    }
+}
+
+/// Approximate quantiles from a DDSketch built per chunk and merged (infinities, which
+/// the default NaN/±inf rule keeps, counted aside).
 pub(crate) fn approx_quantiles(values: &[f64], qs: &[f64]) -> Vec<f64> {
-    let config = SketchConfig::new(SKETCH_RELATIVE_ERROR, 2048, 1.0e-9);
     let build = |chunk: &[f64]| {
-        let mut sketch = DDSketch::new(config);
+        let mut sketch = Sketch::new();
         for &x in chunk {
             sketch.add(x);
         }
         sketch
-    };
-    let merge = |mut a: DDSketch, b: DDSketch| {
-        // Same configuration on both sides: merging cannot fail.
-        let _ = a.merge(&b);
-        a
     };
     let sketch = if values.len() < PARALLEL_MIN {
         build(values)
@@ -513,11 +573,9 @@ pub(crate) fn approx_quantiles(values: &[f64], qs: &[f64]) -> Vec<f64> {
         values
             .par_chunks(CHUNK * 8)
             .map(build)
-            .reduce(|| DDSketch::new(config), merge)
+            .reduce(Sketch::new, Sketch::merge)
     };
-    qs.iter()
-        .map(|q| sketch.quantile(*q).ok().flatten().unwrap_or(f64::NAN))
-        .collect()
+    qs.iter().map(|q| sketch.quantile(*q)).collect()
 }
 
 /// Bin counts for `edges` (strictly increasing): bin i is [edges[i], edges[i+1]), the
@@ -823,6 +881,71 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// Infinities (kept by the default rule) answer the ranks they hold; the rest come
+    /// from the finite values' sketch within its bound. A fuzzer found that an infinity
+    /// given to DDSketch overflowed its bin arithmetic (a panic with overflow checks,
+    /// an index out of bounds without).
+    #[test]
+    fn approximate_quantiles_with_infinities_and_extremes() {
+        let mut values: Vec<f64> = (1..=100).map(f64::from).collect();
+        values.extend([f64::NEG_INFINITY; 10]);
+        values.extend([f64::INFINITY; 5]);
+        let qs = [0.0, 0.05, 0.1, 0.5, 0.9, 0.95, 1.0];
+        let request = Request {
+            quantiles: qs.to_vec(),
+            approx_quantiles: qs.to_vec(),
+            ..Request::default()
+        };
+        let report = analyze(values.clone(), NonFinite::DropNan, &request).unwrap();
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for (q, approx) in qs.iter().zip(&report.approx_quantiles) {
+            // DDSketch's bound is relative to the value at rank ⌊q · (n − 1)⌋.
+            let exact = sorted[(q * (sorted.len() - 1) as f64) as usize];
+            if exact.is_infinite() {
+                assert_eq!(*approx, exact, "q = {q}");
+            } else {
+                assert!(
+                    (approx - exact).abs() <= SKETCH_RELATIVE_ERROR * exact.abs() + 1e-9,
+                    "q = {q}: {approx} vs {exact}"
+                );
+            }
+        }
+        assert_eq!(report.approx_quantiles[0], f64::NEG_INFINITY);
+        assert_eq!(report.approx_quantiles[6], f64::INFINITY);
+        // Only infinities; and the extremes of f64 with both signs and subnormals.
+        let only = analyze(
+            vec![f64::INFINITY, f64::NEG_INFINITY],
+            NonFinite::DropNan,
+            &request,
+        )
+        .unwrap();
+        assert_eq!(only.approx_quantiles[0], f64::NEG_INFINITY);
+        assert_eq!(only.approx_quantiles[6], f64::INFINITY);
+        let extremes = vec![
+            f64::MAX,
+            -f64::MAX,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            5e-324,
+            1.0,
+            f64::INFINITY,
+        ];
+        let report = analyze(extremes, NonFinite::DropNan, &request).unwrap();
+        assert_eq!(report.approx_quantiles[0], -f64::MAX);
+        assert_eq!(report.approx_quantiles[6], f64::INFINITY);
+        // Over the parallel threshold, with infinities in several chunks.
+        let mut large: Vec<f64> = (0..PARALLEL_MIN as u64 + 1000)
+            .map(|i| (i % 1000) as f64)
+            .collect();
+        for i in (0..large.len()).step_by(PARALLEL_MIN / 4) {
+            large[i] = f64::INFINITY;
+        }
+        let report = analyze(large, NonFinite::DropNan, &request).unwrap();
+        assert_eq!(report.approx_quantiles[6], f64::INFINITY);
+        assert!((report.approx_quantiles[3] - 500.0).abs() <= 500.0 * SKETCH_RELATIVE_ERROR + 1.0);
     }
 
     #[test]

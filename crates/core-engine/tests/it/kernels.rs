@@ -122,6 +122,24 @@ async fn analyze_refuses_bad_options_and_non_finite_values_by_policy() {
         (2, 1, 1)
     );
     assert_eq!(skipped.mean, 2.0);
+    // Infinities are kept by the default rule; the approximate quantiles answer them
+    // (an infinity once reached DDSketch and overflowed its bin arithmetic).
+    let kept = client
+        .analyze(AnalyzeRequest {
+            values: vec![f64::NEG_INFINITY, 1.0, 2.0, 3.0, f64::INFINITY],
+            approx_quantiles: vec![0.0, 0.5, 1.0],
+            ..AnalyzeRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let approx: Vec<f64> = kept.approx_quantiles.iter().map(|q| q.value).collect();
+    assert_eq!((approx[0], approx[2]), (f64::NEG_INFINITY, f64::INFINITY));
+    assert!(
+        (approx[1] - 2.0).abs() <= 2.0 * kept.approx_relative_error,
+        "{approx:?}"
+    );
+    assert_eq!((kept.min, kept.max), (f64::NEG_INFINITY, f64::INFINITY));
     server.stop().await.unwrap();
 }
 
