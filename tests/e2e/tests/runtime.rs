@@ -60,7 +60,8 @@ struct Load {
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     errors: Arc<std::sync::Mutex<Vec<String>>>,
-    served_by: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// The replicas that have answered at least one call.
+    served_by: Arc<watch::Sender<BTreeSet<String>>>,
     endpoints: watch::Receiver<BTreeMap<String, String>>,
     running: Arc<AtomicBool>,
 }
@@ -91,7 +92,7 @@ impl Load {
             ok: Arc::default(),
             failed: Arc::default(),
             errors: Arc::default(),
-            served_by: Arc::default(),
+            served_by: Arc::new(watch::Sender::new(BTreeSet::new())),
             endpoints,
             running: Arc::new(AtomicBool::new(true)),
         };
@@ -127,7 +128,7 @@ impl Load {
                     match call.await {
                         Ok(_) => {
                             ok.fetch_add(1, Ordering::Relaxed);
-                            served_by.lock().unwrap().insert(id.clone());
+                            served_by.send_if_modified(|served| served.insert(id.clone()));
                         }
                         Err(status) => {
                             failed.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +139,19 @@ impl Load {
             });
         }
         load
+    }
+
+    /// Waits until `count` replicas have each answered a call.
+    async fn wait_for_served(&self, count: usize) {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            self.served_by
+                .subscribe()
+                .wait_for(|served| served.len() >= count),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{count} replicas to answer a call"))
+        .unwrap();
     }
 
     async fn wait_for_endpoints(&mut self, count: usize) {
@@ -212,6 +226,8 @@ async fn scaling_two_four_one_under_load_fails_no_request() {
     .expect("a log line of a new replica");
     assert!(new_replica.time.is_some());
 
+    // Every replica takes part before the scale-down begins.
+    load.wait_for_served(4).await;
     let before_down = load.ok.load(Ordering::Relaxed);
     let down = scale(&mut runtime, 1).await;
     assert_eq!((down.previous_replicas, down.replicas), (4, 1));
@@ -248,7 +264,7 @@ async fn scaling_two_four_one_under_load_fails_no_request() {
         "failed requests: {errors:?}"
     );
     assert!(load.ok.load(Ordering::Relaxed) > before_down + 50);
-    let served_by = load.served_by.lock().unwrap().clone();
+    let served_by = load.served_by.borrow().clone();
     assert_eq!(served_by.len(), 4, "every replica served: {served_by:?}");
 
     let health = runtime
