@@ -894,7 +894,6 @@ mod tests {
         values.extend([f64::INFINITY; 5]);
         let qs = [0.0, 0.05, 0.1, 0.5, 0.9, 0.95, 1.0];
         let request = Request {
-            quantiles: qs.to_vec(),
             approx_quantiles: qs.to_vec(),
             ..Request::default()
         };
