@@ -1,5 +1,6 @@
 //! core-engine's section of `omnimesh.toml`.
 
+use omnimesh_common::auth::AuthConfig;
 use omnimesh_common::config::{Invalid, ServiceConfig};
 use omnimesh_common::server::{GrpcListen, ServerConfig};
 use omnimesh_telemetry::TelemetryConfig;
@@ -31,6 +32,84 @@ pub struct Config {
     /// The compute pool.
     #[serde(default)]
     pub compute: ComputeConfig,
+    /// Where key changes are reported.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[core-engine.audit]`: every change to a key (create, rotate, configure, trim, delete)
+/// is an event in mesh-controller's event store. Each is stored with the change, in the
+/// key store, and reported from there, so none is lost while the controller is away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// mesh-controller's gRPC address (`""`: changes are not recorded as events).
+    pub controller: String,
+    /// The HS256 key the engine signs its operator token with: the controller's own
+    /// (`[mesh-controller.auth]`), with the same issuer and audience.
+    pub auth: AuthConfig,
+    /// The deadline of one report (and of connecting).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// First retry delay while the controller is away.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// How often waiting changes are looked for without a change of this process (those
+    /// another replica sharing the store left).
+    #[serde(with = "humantime_serde")]
+    pub recheck_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            controller: format!("http://{}", omnimesh_common::ports::MESH_CONTROLLER_GRPC),
+            auth: AuthConfig::default(),
+            timeout: Duration::from_secs(10),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            recheck_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AuditConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !self.controller.is_empty() {
+            let uri: Result<tonic::transport::Uri, _> = self.controller.parse();
+            let valid = uri.is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+            });
+            if !valid {
+                return Err(Invalid::new(
+                    "audit.controller",
+                    "must be an http:// or https:// address, or \"\" to record no events",
+                ));
+            }
+        }
+        self.auth
+            .validate()
+            .map_err(|(key, reason)| Invalid::new(format!("audit.auth.{key}"), reason))?;
+        for (key, value) in [
+            ("audit.timeout", self.timeout),
+            ("audit.retry_initial", self.retry_initial),
+            ("audit.recheck_interval", self.recheck_interval),
+        ] {
+            if value.is_zero() {
+                return Err(Invalid::new(key, "must be longer than 0s"));
+            }
+        }
+        if self.retry_max < self.retry_initial {
+            return Err(Invalid::new(
+                "audit.retry_max",
+                "must be at least audit.retry_initial",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[core-engine.compute]`: the rayon pool that runs Analyze and Compute.
@@ -50,6 +129,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             limits: LimitsConfig::default(),
             compute: ComputeConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -168,6 +248,7 @@ impl ServiceConfig for Config {
                 "must be at least 1",
             ));
         }
+        self.audit.validate()?;
         for (key, value) in [
             ("limits.max_message_bytes", self.limits.max_message_bytes),
             ("limits.max_batch_items", self.limits.max_batch_items),
@@ -184,7 +265,7 @@ impl ServiceConfig for Config {
 
 impl Config {
     /// Defaults, listening on `127.0.0.1:0`, with the key store and the master key in
-    /// `dir`, for tests.
+    /// `dir` and no events recorded, for tests.
     pub fn for_test(dir: &std::path::Path) -> Self {
         Self {
             listen: GrpcListen::any_loopback(),
@@ -193,6 +274,11 @@ impl Config {
                 master_key_file: dir.join("master.key"),
                 master_key_env: String::new(),
                 ..KeysConfig::default()
+            },
+            audit: AuditConfig {
+                controller: String::new(),
+                auth: AuthConfig::for_test(dir),
+                ..AuditConfig::default()
             },
             ..Self::default()
         }
@@ -220,6 +306,72 @@ mod tests {
             config.server.drain_timeout,
             std::time::Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn audit_settings_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let invalid = |audit: AuditConfig| {
+            Config {
+                audit,
+                ..Config::for_test(dir.path())
+            }
+            .validate()
+            .map(|()| "valid".to_owned())
+            .unwrap_or_else(|invalid| format!("{}: {}", invalid.key, invalid.reason))
+        };
+        let base = Config::for_test(dir.path()).audit;
+        for controller in [
+            "127.0.0.1:50052",
+            "ftp://controller",
+            "http://",
+            "not a uri",
+            "\u{0}",
+        ] {
+            let message = invalid(AuditConfig {
+                controller: controller.into(),
+                ..base.clone()
+            });
+            assert!(
+                message.contains("audit.controller"),
+                "{controller}: {message}"
+            );
+        }
+        let message = invalid(AuditConfig {
+            retry_initial: Duration::from_secs(5),
+            retry_max: Duration::from_secs(1),
+            ..base.clone()
+        });
+        assert!(message.contains("audit.retry_max"), "{message}");
+        let message = invalid(AuditConfig {
+            timeout: Duration::ZERO,
+            ..base.clone()
+        });
+        assert!(message.contains("audit.timeout"), "{message}");
+        let message = invalid(AuditConfig {
+            auth: AuthConfig {
+                issuer: String::new(),
+                ..base.auth.clone()
+            },
+            ..base.clone()
+        });
+        assert!(message.contains("audit.auth.issuer"), "{message}");
+        // The default reports to the local controller; "" records nothing.
+        assert_eq!(Config::default().audit.controller, "http://127.0.0.1:50052");
+        for controller in [
+            "",
+            "http://127.0.0.1:50052",
+            "https://controller.mesh.svc:50052",
+        ] {
+            let config = Config {
+                audit: AuditConfig {
+                    controller: controller.into(),
+                    ..base.clone()
+                },
+                ..Config::for_test(dir.path())
+            };
+            assert!(config.validate().is_ok(), "{controller}");
+        }
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum Error {
     /// The compute pool could not be built.
     #[error("compute pool: {0}")]
     Pool(String),
+    /// Key changes cannot be reported (`[core-engine.audit]`): the token key or the
+    /// controller's address.
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 /// Why a request, or one item of a batch, failed. Every variant maps to one gRPC code;

@@ -6,8 +6,8 @@
 //! `transport` holds the tonic service; `keys` the keyring (rules in `keys::model`,
 //! persistence in `keys::store`, the master key in `keys::master`); `crypto` the
 //! primitives and the `omnimesh:v<N>:` envelope; `analyze` and `compute` the statistics
-//! and kernels, run on a rayon pool of their own. EncryptStream and DecryptStream answer
-//! `UNIMPLEMENTED` until they land.
+//! and kernels, run on a rayon pool of their own; `report` sends every key change to
+//! mesh-controller's event store from the key store's outbox.
 
 mod analyze;
 mod compute;
@@ -16,6 +16,7 @@ mod crypto;
 mod error;
 mod keys;
 mod metrics;
+mod report;
 mod sort;
 mod transport;
 
@@ -27,7 +28,7 @@ use omnimesh_proto::engine::v1::engine_server::EngineServer;
 use omnimesh_telemetry::Metrics;
 use tokio::net::TcpListener;
 
-pub use config::{ComputeConfig, Config, KeysConfig, LimitsConfig};
+pub use config::{AuditConfig, ComputeConfig, Config, KeysConfig, LimitsConfig};
 pub use error::{EngineError, Error};
 
 /// The service name used in config sections, metrics and logs.
@@ -38,6 +39,7 @@ pub struct App {
     server: GrpcServer,
     keyring: Arc<keys::Keyring>,
     seal_flush_interval: std::time::Duration,
+    reporter: Option<report::Reporter>,
 }
 
 impl App {
@@ -62,18 +64,37 @@ impl App {
         let store =
             keys::store::KeyStore::open(&config.keys.database_url, config.keys.max_connections)
                 .await?;
-        let keyring = Arc::new(
-            keys::Keyring::new(
-                store,
-                master,
-                keys::KeyringLimits {
-                    cache_versions: config.keys.cache_versions,
-                    metadata_ttl: config.keys.metadata_ttl,
-                    max_seals_per_version: config.keys.max_seals_per_version,
-                },
+        let mut keyring = keys::Keyring::new(
+            store.clone(),
+            master,
+            keys::KeyringLimits {
+                cache_versions: config.keys.cache_versions,
+                metadata_ttl: config.keys.metadata_ttl,
+                max_seals_per_version: config.keys.max_seals_per_version,
+            },
+        )
+        .with_metrics(engine_metrics.clone());
+        let audit = &config.audit;
+        let reporter = if audit.controller.is_empty() {
+            None
+        } else {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            keyring = keyring.with_journal(Arc::clone(&wake));
+            let options = report::ReportOptions {
+                controller: audit.controller.clone(),
+                issuer: omnimesh_common::auth::Issuer::load(&audit.auth)
+                    .map_err(|error| Error::Audit(error.to_string()))?,
+                timeout: audit.timeout,
+                retry_initial: audit.retry_initial,
+                retry_max: audit.retry_max,
+                recheck_interval: audit.recheck_interval,
+            };
+            Some(
+                report::Reporter::start(store, options, wake, engine_metrics)
+                    .map_err(|error| Error::Audit(error.to_string()))?,
             )
-            .with_metrics(engine_metrics),
-        );
+        };
+        let keyring = Arc::new(keyring);
         let pool = Arc::new(compute::ComputePool::new(config.compute.threads)?);
         let service =
             transport::EngineService::new(Arc::clone(&keyring), config.limits.clone(), pool);
@@ -92,6 +113,7 @@ impl App {
             server,
             keyring,
             seal_flush_interval: config.keys.seal_flush_interval,
+            reporter,
         })
     }
 
@@ -116,8 +138,10 @@ impl App {
         });
         let served = self.server.serve(listener, shutdown).await;
         flusher.abort();
-        // Seal counts made during the drain are kept.
+        // Seal counts made during the drain are kept; unreported key changes wait in the
+        // store for the next start.
         self.keyring.flush_seals().await;
+        drop(self.reporter);
         Ok(served?)
     }
 }

@@ -1,6 +1,7 @@
 //! core-engine's own metrics, beside the per-RPC counts and latencies every service has:
 //! key operations and items by operation and key type (never by key name: names are
-//! unbounded), and the highest share of the AEAD nonce budget any key version has used.
+//! unbounded), the highest share of the AEAD nonce budget any key version has used, and
+//! the reporting of key changes to mesh-controller.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,6 +26,9 @@ pub(crate) struct EngineMetrics {
     items: Family<OperationLabels, Counter>,
     budget_used: Gauge<f64, AtomicU64>,
     most_seals: std::sync::Arc<AtomicU64>,
+    events_pending: Gauge,
+    events_reported: Counter,
+    report_failures: Counter,
 }
 
 impl EngineMetrics {
@@ -46,7 +50,38 @@ impl EngineMetrics {
             "The highest share of its seal (nonce) budget any AEAD key version has used",
             metrics.budget_used.clone(),
         );
+        registry.register(
+            "key_events_pending",
+            "Key changes stored but not yet reported to mesh-controller",
+            metrics.events_pending.clone(),
+        );
+        registry.register(
+            "key_events_reported",
+            "Key changes reported to mesh-controller",
+            metrics.events_reported.clone(),
+        );
+        registry.register(
+            "key_event_report_failures",
+            "Rounds of reporting key changes to mesh-controller that failed (retried)",
+            metrics.report_failures.clone(),
+        );
         metrics
+    }
+
+    /// Sets how many key changes wait to be reported.
+    pub(crate) fn key_events_pending(&self, pending: u64) {
+        self.events_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one key change reported.
+    pub(crate) fn key_event_reported(&self) {
+        self.events_reported.inc();
+    }
+
+    /// Counts one failed round of reports.
+    pub(crate) fn key_event_report_failed(&self) {
+        self.report_failures.inc();
     }
 
     /// Counts one call of `operation` on a `key_type` key with `items` items.

@@ -178,6 +178,21 @@ pub async fn launch(
         "OMNIMESH_PROXY_GATEWAY__UPSTREAMS__REGISTRY".to_owned(),
         format!("http://{address}"),
     ));
+    // core-engine reports key changes to this controller, signed with its token key.
+    let auth = &config.auth;
+    for (key, value) in [
+        ("CONTROLLER", format!("http://{address}")),
+        (
+            "AUTH__HS256_KEY_FILE",
+            auth.hs256_key_file.display().to_string(),
+        ),
+        ("AUTH__ISSUER", auth.issuer.clone()),
+        ("AUTH__AUDIENCE", auth.audience.clone()),
+    ] {
+        options
+            .env
+            .push((format!("OMNIMESH_CORE_ENGINE__AUDIT__{key}"), value));
+    }
     let core = Core::open(config).await?;
     let (store, registry_handle) = (core.store.clone(), core.registry.clone());
     let _ = writeln!(

@@ -1,5 +1,6 @@
 //! `mesh-controller launch` (what `make run` runs): four real processes reach SERVING,
-//! answer stock gRPC clients, a killed one is restarted, and SIGTERM leaves nothing behind.
+//! answer stock gRPC clients, a killed one is restarted, a key rotated in the engine is an
+//! event in the controller's store, and SIGTERM leaves nothing behind.
 
 use std::time::Duration;
 
@@ -8,8 +9,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use omnimesh_e2e::{Launcher, alive, binary, processes_in};
 use omnimesh_proto::controller::v1 as pb;
+use omnimesh_proto::controller::v1::events_client::EventsClient;
 use omnimesh_proto::controller::v1::registry_client::RegistryClient;
 use omnimesh_proto::controller::v1::runtime_client::RuntimeClient;
+use omnimesh_proto::engine::v1 as epb;
+use omnimesh_proto::engine::v1::engine_client::EngineClient;
+use omnimesh_test_support::eventually;
 use omnimesh_test_support::grpc::{health_status, reflection_services};
 use tokio::process::Command;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -92,7 +97,7 @@ async fn launch_serves_restarts_and_stops_without_orphans() -> anyhow::Result<()
     let mut ids: Vec<&str> = engine.instances.iter().map(|i| i.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(ids, ["core-engine-0", "core-engine-1"]);
-    let health = RuntimeClient::new(controller)
+    let health = RuntimeClient::new(controller.clone())
         .get_platform_health(pb::GetPlatformHealthRequest {})
         .await?
         .into_inner();
@@ -105,6 +110,53 @@ async fn launch_serves_restarts_and_stops_without_orphans() -> anyhow::Result<()
     assert_eq!(restarted.restarts, 1, "{restarted:?}");
     assert_eq!(restarted.state(), pb::InstanceState::Serving);
     assert!(restarted.last_error.contains("SIGKILL"), "{restarted:?}");
+
+    // A key created and rotated in an engine replica: both changes are events in the
+    // controller's store (core-engine reports them with the launcher's token key).
+    let engine =
+        tonic::transport::Channel::from_shared(format!("http://{}", rows["core-engine-1"].0))?
+            .connect()
+            .await?;
+    let mut engine = EngineClient::new(engine);
+    engine
+        .create_key(epb::CreateKeyRequest {
+            name: "launch-audit".into(),
+            ..Default::default()
+        })
+        .await?;
+    engine
+        .rotate_key(epb::RotateKeyRequest {
+            name: "launch-audit".into(),
+        })
+        .await?;
+    let events = eventually(
+        Duration::from_secs(30),
+        "the key's two events in the controller",
+        || {
+            let mut events = EventsClient::new(controller.clone());
+            async move {
+                let read = events
+                    .read_stream(pb::ReadStreamRequest {
+                        stream_id: "engine-key-launch-audit".into(),
+                        from_version: 1,
+                        max_count: 10,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .events;
+                (read.len() >= 2).then_some(read)
+            }
+        },
+    )
+    .await?;
+    let types: Vec<&str> = events.iter().map(|event| event.r#type.as_str()).collect();
+    assert_eq!(types, ["engine.key_created", "engine.key_rotated"]);
+    assert!(events[1].data.contains("\"version\":2"), "{:?}", events[1]);
+    assert_eq!(
+        events[1].metadata.as_ref().map(|m| m.actor.as_str()),
+        Some("core-engine")
+    );
 
     // SIGTERM: every child stops, the launcher exits 0, no process is left behind.
     kill(

@@ -4,8 +4,11 @@
 //! PostgreSQL), [`master`] the wrapping key. [`Keyring`] ties them together: it
 //! generates material from `ring::rand::SystemRandom`, wraps it before it is stored,
 //! keeps unwrapped versions in a bounded cache (zeroized when evicted) and key metadata
-//! in a short-lived cache, and counts seals per version against the nonce budget.
+//! in a short-lived cache, and counts seals per version against the nonce budget. When
+//! key changes are reported ([`Keyring::with_journal`]), each change is stored with its
+//! [`events::KeyEvent`] in one transaction and the reporter is woken.
 
+pub(crate) mod events;
 pub(crate) mod master;
 pub(crate) mod model;
 pub(crate) mod store;
@@ -15,11 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom as _, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, AeadAlg, AeadKey, Signer};
 use crate::error::EngineError;
+use events::KeyEvent;
 use master::MasterKey;
 use model::{ConfigUpdate, KeyMeta, KeyType, VersionMeta};
 use store::KeyStore;
@@ -135,6 +139,8 @@ pub(crate) struct Keyring {
     /// Serialises this process's changes to keys (replicas are serialised by revision).
     changes: tokio::sync::Mutex<()>,
     metrics: crate::metrics::EngineMetrics,
+    /// When changes are reported: woken after each stored change.
+    journal: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -156,7 +162,32 @@ impl Keyring {
             pending_seals: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             metrics: crate::metrics::EngineMetrics::default(),
+            journal: None,
             limits,
+        }
+    }
+
+    /// Stores an event with every change to a key and wakes `reporter` after each.
+    pub(crate) fn with_journal(mut self, reporter: Arc<tokio::sync::Notify>) -> Self {
+        self.journal = Some(reporter);
+        self
+    }
+
+    /// The event to store with a change, when changes are reported; `make` is given a
+    /// random id.
+    fn event(&self, make: impl FnOnce(u128) -> KeyEvent) -> Result<Option<KeyEvent>, EngineError> {
+        if self.journal.is_none() {
+            return Ok(None);
+        }
+        let mut id = [0_u8; 16];
+        self.rng.fill(&mut id).map_err(|_| EngineError::Internal)?;
+        Ok(Some(make(u128::from_be_bytes(id))))
+    }
+
+    /// Wakes the reporter after a change was stored.
+    fn recorded(&self) {
+        if let Some(reporter) = &self.journal {
+            reporter.notify_one();
         }
     }
 
@@ -209,7 +240,11 @@ impl Keyring {
             meta.revision = 1;
         }
         let wrapped = self.master.wrap(&self.rng, name, 1, &secret)?;
-        self.store.insert(&meta, &wrapped, self.master.id()).await?;
+        let event = self.event(|id| KeyEvent::created(&meta, id))?;
+        self.store
+            .insert(&meta, &wrapped, self.master.id(), event.as_ref())
+            .await?;
+        self.recorded();
         Ok(self.remember(meta))
     }
 
@@ -247,9 +282,11 @@ impl Keyring {
         let (secret, public_key) = Material::generate(meta.key_type, &self.rng)?;
         let version = meta.rotate(now_ms(), public_key)?;
         let wrapped = self.master.wrap(&self.rng, name, version, &secret)?;
+        let event = self.event(|id| KeyEvent::rotated(&meta, id))?;
         self.store
-            .add_version(&meta, &wrapped, self.master.id())
+            .add_version(&meta, &wrapped, self.master.id(), event.as_ref())
             .await?;
+        self.recorded();
         Ok(self.remember(meta))
     }
 
@@ -263,7 +300,9 @@ impl Keyring {
         let _change = self.changes.lock().await;
         let mut meta = (*self.fresh(name).await?).clone();
         meta.update(update, now_ms())?;
-        self.store.save_config(&meta).await?;
+        let event = self.event(|id| KeyEvent::config_updated(&meta, id))?;
+        self.store.save_config(&meta, event.as_ref()).await?;
+        self.recorded();
         Ok(self.remember(meta))
     }
 
@@ -277,7 +316,9 @@ impl Keyring {
         let _change = self.changes.lock().await;
         let mut meta = (*self.fresh(name).await?).clone();
         let destroyed = meta.trim(min_available, now_ms())?;
-        self.store.save_config(&meta).await?;
+        let event = self.event(|id| KeyEvent::trimmed(&meta, &destroyed, id))?;
+        self.store.save_config(&meta, event.as_ref()).await?;
+        self.recorded();
         for version in destroyed {
             self.versions.remove(&(name.to_owned(), version));
         }
@@ -291,7 +332,9 @@ impl Keyring {
         let meta = self.fresh(name).await?;
         meta.check_deletable()?;
         self.flush_seals().await;
-        self.store.delete(name).await?;
+        let event = self.event(|id| KeyEvent::deleted(&meta, id))?;
+        self.store.delete(name, event.as_ref()).await?;
+        self.recorded();
         self.metas.remove(name);
         for version in meta.versions.iter().map(|version| version.version) {
             self.versions.remove(&(name.to_owned(), version));

@@ -4,7 +4,8 @@
 //! Every change that touches more than one row is one transaction, so a failure halfway
 //! leaves nothing half-written; changes to a key's versions are conditional on the
 //! version the caller read, so of two concurrent rotations one wins and the other gets
-//! `ABORTED`.
+//! `ABORTED`. A change may bring a [`KeyEvent`] to report, written in its transaction
+//! (the `engine_key_events` outbox) so that it is reported exactly when it happened.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use omnimesh_common::db;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row as _};
 
+use super::events::KeyEvent;
 use super::model::{KeyMeta, KeyType, Retention, VersionMeta};
 use crate::error::EngineError;
 
@@ -19,6 +21,18 @@ use crate::error::EngineError;
 #[derive(Debug, Clone)]
 pub(crate) struct KeyStore {
     pool: AnyPool,
+}
+
+/// A key change waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingEvent {
+    /// Its place in the outbox (ascending in the order the changes were stored).
+    pub(crate) id: i64,
+    pub(crate) event_type: String,
+    pub(crate) key: String,
+    pub(crate) data: String,
+    pub(crate) idempotency_key: String,
+    pub(crate) recorded_at_ms: i64,
 }
 
 /// A version's wrapped material as stored.
@@ -64,6 +78,7 @@ impl KeyStore {
         key: &KeyMeta,
         wrapped: &[u8],
         master_key_id: &str,
+        event: Option<&KeyEvent>,
     ) -> Result<(), EngineError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         let inserted = sqlx::query(
@@ -95,6 +110,7 @@ impl KeyStore {
         };
         let first = key.versions.last().ok_or(EngineError::Internal)?;
         insert_version(&mut tx, &key.name, first, wrapped, master_key_id).await?;
+        record(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)
     }
 
@@ -183,6 +199,7 @@ impl KeyStore {
         key: &KeyMeta,
         wrapped: &[u8],
         master_key_id: &str,
+        event: Option<&KeyEvent>,
     ) -> Result<(), EngineError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         let updated = sqlx::query(
@@ -202,13 +219,18 @@ impl KeyStore {
         }
         let version = key.versions.last().ok_or(EngineError::Internal)?;
         insert_version(&mut tx, &key.name, version, wrapped, master_key_id).await?;
+        record(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)
     }
 
     /// Stores the configuration (minimums, deletion, retention) and trims material below
     /// the minimum available version, atomically; only if the key is still at
     /// `key.revision - 1`.
-    pub(crate) async fn save_config(&self, key: &KeyMeta) -> Result<(), EngineError> {
+    pub(crate) async fn save_config(
+        &self,
+        key: &KeyMeta,
+        event: Option<&KeyEvent>,
+    ) -> Result<(), EngineError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         let updated = sqlx::query(
             "UPDATE engine_keys SET min_decryption_version = $1, min_encryption_version = $2, \
@@ -240,11 +262,16 @@ impl KeyStore {
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        record(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)
     }
 
     /// Deletes a key and every version; whether it existed.
-    pub(crate) async fn delete(&self, name: &str) -> Result<bool, EngineError> {
+    pub(crate) async fn delete(
+        &self,
+        name: &str,
+        event: Option<&KeyEvent>,
+    ) -> Result<bool, EngineError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         sqlx::query("DELETE FROM engine_key_versions WHERE key_name = $1")
             .bind(name)
@@ -256,6 +283,9 @@ impl KeyStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
+        if deleted.rows_affected() == 1 {
+            record(&mut tx, event).await?;
+        }
         tx.commit().await.map_err(store_error)?;
         Ok(deleted.rows_affected() == 1)
     }
@@ -296,6 +326,52 @@ impl KeyStore {
             .collect()
     }
 
+    /// The oldest `limit` changes waiting to be reported, oldest first.
+    pub(crate) async fn pending_events(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<PendingEvent>, EngineError> {
+        sqlx::query(
+            "SELECT id, event_type, key_name, data, idempotency_key, recorded_at_ms \
+             FROM engine_key_events ORDER BY id LIMIT $1",
+        )
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| {
+            Ok(PendingEvent {
+                id: row.try_get("id").map_err(store_error)?,
+                event_type: row.try_get("event_type").map_err(store_error)?,
+                key: row.try_get("key_name").map_err(store_error)?,
+                data: row.try_get("data").map_err(store_error)?,
+                idempotency_key: row.try_get("idempotency_key").map_err(store_error)?,
+                recorded_at_ms: row.try_get("recorded_at_ms").map_err(store_error)?,
+            })
+        })
+        .collect()
+    }
+
+    /// Removes a reported change from the outbox (another replica may have done so).
+    pub(crate) async fn forget_event(&self, id: i64) -> Result<(), EngineError> {
+        sqlx::query("DELETE FROM engine_key_events WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// How many changes wait to be reported.
+    pub(crate) async fn pending_event_count(&self) -> Result<u64, EngineError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM engine_key_events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
     /// The pool, for tests that inspect or sabotage the database.
     #[cfg(test)]
     pub(crate) fn pool(&self) -> &AnyPool {
@@ -312,6 +388,30 @@ fn max_age_seconds(retention: &Retention) -> i64 {
     retention
         .max_age
         .map_or(0, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Writes `event` (when there is one) to the outbox inside the change's transaction.
+async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event: Option<&KeyEvent>,
+) -> Result<(), EngineError> {
+    let Some(event) = event else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO engine_key_events \
+         (idempotency_key, event_type, key_name, data, recorded_at_ms) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&event.idempotency_key)
+    .bind(event.event_type)
+    .bind(&event.key)
+    .bind(&event.data)
+    .bind(super::now_ms())
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
 }
 
 async fn insert_version(

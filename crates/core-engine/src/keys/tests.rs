@@ -31,6 +31,23 @@ async fn keyring(url: &str, master_byte: u8) -> Keyring {
     )
 }
 
+/// A keyring that stores an event with every change (as when changes are reported).
+async fn journaled(url: &str, master_byte: u8) -> Keyring {
+    keyring(url, master_byte)
+        .await
+        .with_journal(Arc::new(tokio::sync::Notify::new()))
+}
+
+/// The outbox's event types, oldest first.
+async fn journal(keyring: &Keyring) -> Vec<String> {
+    let pending = keyring.store().pending_events(1000).await.unwrap();
+    assert_eq!(
+        keyring.store().pending_event_count().await.unwrap(),
+        pending.len() as u64
+    );
+    pending.into_iter().map(|event| event.event_type).collect()
+}
+
 /// Runs `test` on SQLite and on PostgreSQL.
 macro_rules! on_both {
     ($name:ident, $test:ident) => {
@@ -195,7 +212,7 @@ on_both!(
     half_written
 );
 async fn half_written(url: &str, backend: Backend) {
-    let keyring = keyring(url, 1).await;
+    let keyring = journaled(url, 1).await;
     let pool = keyring.store().pool();
     keyring
         .create("rot", KeyType::HmacSha256, false, ConfigUpdate::default())
@@ -242,6 +259,8 @@ async fn half_written(url: &str, backend: Backend) {
     assert_eq!(key.latest_version, 1);
     assert_eq!(key.versions.len(), 1);
     assert_eq!(key.revision, 1);
+    // Only the change that was stored has an event.
+    assert_eq!(journal(&keyring).await, ["engine.key_created"]);
 }
 
 on_both!(
@@ -249,7 +268,7 @@ on_both!(
     concurrent
 );
 async fn concurrent(url: &str, _: Backend) {
-    let first = Arc::new(keyring(url, 3).await);
+    let first = Arc::new(journaled(url, 3).await);
     first
         .create(
             "shared",
@@ -262,7 +281,7 @@ async fn concurrent(url: &str, _: Backend) {
     // Four "replicas" (keyrings with their own caches and locks) on one database.
     let mut replicas = vec![first];
     for _ in 0..3 {
-        replicas.push(Arc::new(keyring(url, 3).await));
+        replicas.push(Arc::new(journaled(url, 3).await));
     }
     let mut tasks = Vec::new();
     for replica in &replicas {
@@ -291,6 +310,88 @@ async fn concurrent(url: &str, _: Backend) {
         (1..=1 + won).collect::<Vec<_>>(),
         "no gap, no duplicate"
     );
+    // One event per stored change: the losers of the race left none.
+    let events = replicas[0].store().pending_events(1000).await.unwrap();
+    assert_eq!(events.len() as u32, 1 + won);
+    let rotated: Vec<serde_json::Value> = events[1..]
+        .iter()
+        .map(|event| {
+            serde_json::from_str::<serde_json::Value>(&event.data).unwrap()["version"].clone()
+        })
+        .collect();
+    assert_eq!(
+        rotated,
+        (2..=1 + won)
+            .map(serde_json::Value::from)
+            .collect::<Vec<_>>(),
+        "in the order the rotations were stored"
+    );
+}
+
+on_both!(every_change_is_stored_with_its_event, journaled_changes);
+async fn journaled_changes(url: &str, _: Backend) {
+    let keyring = journaled(url, 4).await;
+    keyring
+        .create("audited", KeyType::Ed25519, false, ConfigUpdate::default())
+        .await
+        .unwrap();
+    keyring.rotate("audited").await.unwrap();
+    keyring
+        .update(
+            "audited",
+            ConfigUpdate {
+                min_decryption_version: Some(2),
+                deletion_allowed: Some(true),
+                ..ConfigUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    keyring.trim("audited", 2).await.unwrap();
+    // Refused changes store nothing.
+    assert!(keyring.trim("audited", 9).await.is_err());
+    assert!(keyring.rotate("missing").await.is_err());
+    keyring.delete("audited").await.unwrap();
+    assert_eq!(
+        journal(&keyring).await,
+        [
+            "engine.key_created",
+            "engine.key_rotated",
+            "engine.key_config_updated",
+            "engine.key_trimmed",
+            "engine.key_deleted"
+        ]
+    );
+    let events = keyring.store().pending_events(1000).await.unwrap();
+    let ids: Vec<i64> = events.iter().map(|event| event.id).collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    let mut keys: Vec<&str> = events.iter().map(|e| e.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 5, "every change has its own idempotency key");
+    let trimmed: serde_json::Value = serde_json::from_str(&events[3].data).unwrap();
+    assert_eq!(trimmed["destroyed_versions"], serde_json::json!([1]));
+    assert_eq!(trimmed["min_available_version"], 2);
+    for event in &events {
+        assert_eq!(event.key, "audited");
+        // Public keys and material never travel in an event.
+        assert!(!event.data.contains("public_key"), "{}", event.data);
+    }
+    // A reported event leaves the outbox; forgetting it twice (two replicas) is harmless.
+    keyring.store().forget_event(ids[0]).await.unwrap();
+    keyring.store().forget_event(ids[0]).await.unwrap();
+    assert_eq!(keyring.store().pending_event_count().await.unwrap(), 4);
+    assert_eq!(
+        keyring.store().pending_events(2).await.unwrap()[0].id,
+        ids[1]
+    );
+    // Without a journal nothing is stored.
+    let quiet = super::Keyring::new(KeyStore::open(url, 2).await.unwrap(), master(4), LIMITS);
+    quiet
+        .create("quiet", KeyType::HmacSha256, false, ConfigUpdate::default())
+        .await
+        .unwrap();
+    assert_eq!(quiet.store().pending_event_count().await.unwrap(), 4);
 }
 
 on_both!(seal_counts_are_persisted_and_enforce_the_budget, seals);

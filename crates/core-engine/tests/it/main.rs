@@ -1,6 +1,7 @@
 //! core-engine integration tests: the real server in-process on 127.0.0.1:0, its key store
 //! in a temporary directory (SQLite) or a fresh PostgreSQL database.
 
+mod audit;
 mod crypto;
 mod kernels;
 mod serving;
