@@ -271,6 +271,13 @@ class Policies(unittest.TestCase):
             with self.subTest(caller=caller, target=target):
                 self.assertTrue(self.istio_allows(target, self.principal(caller), "omnimesh", port, *grpc))
                 self.assertTrue(self.network_allows(target, self.pods[caller], "omnimesh", port))
+        # core-engine reports key changes to the controller's event store, and only that.
+        append = ("/omnimesh.controller.v1.Events/Append", "POST")
+        engine = self.principal("core-engine")
+        self.assertTrue(self.istio_allows("mesh-controller", engine, "omnimesh", 50052, *append))
+        self.assertTrue(self.network_allows("mesh-controller", self.pods["core-engine"], "omnimesh", 50052))
+        for path in ["/omnimesh.controller.v1.Runtime/Scale", "/omnimesh.controller.v1.Events/ReadAll"]:
+            self.assertFalse(self.istio_allows("mesh-controller", engine, "omnimesh", 50052, path, "POST"))
         ingress = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
         for target, port in [("proxy-gateway", 8080), ("omniterm-interface", 50053)]:
             self.assertTrue(self.istio_allows(target, ingress, "istio-system", port, "/", "GET"))

@@ -294,10 +294,10 @@ spec:
           {{- if eq $c.name "core-engine" }}
           - key: master-key
             path: master-key
-          {{- else }}
+          {{- end }}
+          {{- /* core-engine signs its key-change reports to the controller with it. */}}
           - key: jwt-hs256.key
             path: jwt-hs256.key
-          {{- end }}
     {{- end }}
     {{- if and $root.Values.auth.jwksConfigMap (or (eq $c.name "proxy-gateway") (eq $c.name "mesh-controller")) }}
     - name: jwks
