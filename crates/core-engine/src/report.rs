@@ -192,7 +192,7 @@ fn append_request(event: &PendingEvent) -> pb::AppendRequest {
                 actor: crate::SERVICE.to_owned(),
                 correlation_id: String::new(),
                 causation_id: String::new(),
-                reason: format!("recorded by core-engine at {} ms", event.recorded_at_ms),
+                reason: String::new(),
             }),
             idempotency_key: event.idempotency_key.clone(),
         }],

@@ -62,6 +62,8 @@ impl KeyEvent {
             fields.insert("key".into(), meta.name.clone().into());
             fields.insert("key_type".into(), meta.key_type.as_str().into());
             fields.insert("revision".into(), meta.revision.into());
+            // When the change was made: the controller records when the report arrived.
+            fields.insert("changed_at_ms".into(), super::now_ms().into());
         }
         Self {
             event_type,
@@ -139,10 +141,15 @@ mod tests {
             rotated.idempotency_key,
             "core-engine:00000000000000000000000000000007"
         );
-        let data: serde_json::Value = serde_json::from_str(&rotated.data).unwrap();
+        let mut data: serde_json::Value = serde_json::from_str(&rotated.data).unwrap();
+        let changed_at = data["changed_at_ms"].take().as_i64().unwrap();
+        assert!(
+            (changed_at - super::super::now_ms()).abs() < 60_000,
+            "{changed_at}"
+        );
         assert_eq!(
             data,
-            json!({"key": "payments", "key_type": "aes256-gcm", "version": 2, "revision": 2})
+            json!({"key": "payments", "key_type": "aes256-gcm", "version": 2, "revision": 2, "changed_at_ms": null})
         );
 
         let created: serde_json::Value =

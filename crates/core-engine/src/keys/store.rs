@@ -32,7 +32,6 @@ pub(crate) struct PendingEvent {
     pub(crate) key: String,
     pub(crate) data: String,
     pub(crate) idempotency_key: String,
-    pub(crate) recorded_at_ms: i64,
 }
 
 /// A version's wrapped material as stored.
@@ -332,7 +331,7 @@ impl KeyStore {
         limit: u32,
     ) -> Result<Vec<PendingEvent>, EngineError> {
         sqlx::query(
-            "SELECT id, event_type, key_name, data, idempotency_key, recorded_at_ms \
+            "SELECT id, event_type, key_name, data, idempotency_key \
              FROM engine_key_events ORDER BY id LIMIT $1",
         )
         .bind(to_i64(limit))
@@ -347,7 +346,6 @@ impl KeyStore {
                 key: row.try_get("key_name").map_err(store_error)?,
                 data: row.try_get("data").map_err(store_error)?,
                 idempotency_key: row.try_get("idempotency_key").map_err(store_error)?,
-                recorded_at_ms: row.try_get("recorded_at_ms").map_err(store_error)?,
             })
         })
         .collect()

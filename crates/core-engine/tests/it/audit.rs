@@ -220,6 +220,10 @@ async fn key_changes_wait_while_the_controller_is_away_then_arrive_once_in_order
         assert_eq!(metadata.actor, "core-engine", "the token's subject");
         assert_eq!(data(event)["key"], "payments");
         assert_eq!(data(event)["key_type"], "aes256-gcm");
+        // Made before the controller was up: the change's own time travels with it.
+        let changed = data(event)["changed_at_ms"].as_i64().unwrap();
+        let arrived = event.recorded_at.as_ref().unwrap();
+        assert!(changed <= arrived.seconds * 1000 + i64::from(arrived.nanos / 1_000_000) + 1);
         assert!(event.idempotency_key.starts_with("core-engine:"));
     }
     assert_eq!(
