@@ -31,6 +31,19 @@ async fn serve_controller(
     stop
 }
 
+/// A controller's configuration in a new directory (kept alive by the guard), and a
+/// viewer token for reading its events.
+fn controller_setup() -> (tempfile::TempDir, mesh_controller::Config, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mesh_controller::Config::for_test(dir.path());
+    let token = Issuer::load(&config.auth).unwrap().issue(
+        "auditor",
+        Role::Viewer,
+        Duration::from_secs(600),
+    );
+    (dir, config, token)
+}
+
 /// An engine on the key store in `dir` reporting to `controller`.
 fn engine_config(
     dir: &std::path::Path,
@@ -139,13 +152,7 @@ async fn rotate(engine: &mut EngineClient<tonic::transport::Channel>, name: &str
 
 #[tokio::test]
 async fn key_changes_wait_while_the_controller_is_away_then_arrive_once_in_order() {
-    let controller_dir = tempfile::tempdir().unwrap();
-    let controller_config = mesh_controller::Config::for_test(controller_dir.path());
-    let token = Issuer::load(&controller_config.auth).unwrap().issue(
-        "auditor",
-        Role::Viewer,
-        Duration::from_secs(600),
-    );
+    let (_controller_dir, controller_config, token) = controller_setup();
     // The controller's port is bound but not served yet: reports time out and are retried.
     let held = bind().await;
     let controller = held.local_addr().unwrap();
@@ -241,13 +248,7 @@ async fn key_changes_wait_while_the_controller_is_away_then_arrive_once_in_order
 
 #[tokio::test]
 async fn changes_left_by_a_stopped_engine_are_reported_once_by_the_replicas_after_it() {
-    let controller_dir = tempfile::tempdir().unwrap();
-    let controller_config = mesh_controller::Config::for_test(controller_dir.path());
-    let token = Issuer::load(&controller_config.auth).unwrap().issue(
-        "auditor",
-        Role::Viewer,
-        Duration::from_secs(600),
-    );
+    let (_controller_dir, controller_config, token) = controller_setup();
     let listener = bind().await;
     let controller = listener.local_addr().unwrap();
     let _controller = serve_controller(controller_config.clone(), listener).await;
