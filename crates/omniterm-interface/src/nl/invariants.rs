@@ -53,11 +53,19 @@ pub fn check(interpreter: &Interpreter, text: &str) -> Result<(), String> {
     if let Some(payload) = &interpretation.entities.payload
         && payload.chars().count() >= DISTINCTIVE
     {
+        // The canonical command is built from the entities: it must read the same
+        // whatever the payload is. (A substring test cannot tell a leak from a payload
+        // that spells part of the command, such as `ypt --payload ` in `encrypt
+        // --payload <redacted>`.)
+        let mut other = interpretation.entities.clone();
+        other.payload = Some("\u{1}".repeat(payload.chars().count() + 1));
+        if super::canonical(interpretation.intent, &other) != interpretation.canonical {
+            return fail("the canonical command depends on the payload");
+        }
         // The mask itself may be part of a payload (`'--payload <redacted'`).
         let unmasked = |text: &str| text.replace("<redacted>", "\u{0}");
         let explained = unmasked(&interpretation.explanation.join("\n"));
-        if unmasked(&interpretation.canonical).contains(payload.as_str())
-            || explained.contains(payload.as_str())
+        if explained.contains(payload.as_str())
             || unmasked(&interpretation.redacted).contains(payload.as_str())
         {
             return fail("the payload leaked outside its entity");
@@ -191,6 +199,9 @@ mod tests {
             b"er\xd2\xffdry runploy gaewtcy 2.4\0\0\0\0o productiono[ncrypt this\0\0ctiono[ncrypt",
             // A payload that spells the mask of the canonical command is not a leak.
             b"decrypt ' --payload <redacted' wity y 100G liast 2\xff\xff0mpaent cosnn",
+            // A payload that spells part of the canonical command (`encrypt --payload
+            // <redacted>`) is not a leak either.
+            b"iencrypsword-123\" usncrypt \"ypt --payload \0\" usves",
         ];
         for bytes in found {
             let text = String::from_utf8_lossy(bytes);
