@@ -67,6 +67,25 @@ enum ReportError {
     Controller(#[from] tonic::Status),
 }
 
+impl ReportError {
+    /// The setting or service an operator should look at.
+    fn what_to_check(&self) -> &'static str {
+        match self {
+            Self::Store(_) => "the key store ([core-engine.keys] database_url)",
+            Self::Controller(status) => match status.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    "[core-engine.audit.auth]: hs256_key_file, issuer and audience must be \
+                     those of [mesh-controller.auth]"
+                }
+                _ => {
+                    "that mesh-controller is running at [core-engine.audit] controller \
+                     (\"\" turns reporting off)"
+                }
+            },
+        }
+    }
+}
+
 impl Reporter {
     /// Starts reporting what `store` holds; `wake` is notified after each change.
     ///
@@ -134,6 +153,7 @@ async fn run(
                     failures,
                     retry_in = ?delay,
                     controller = %options.controller,
+                    check = error.what_to_check(),
                     "key changes not reported to mesh-controller; they wait in the key store"
                 );
                 tokio::time::sleep(delay).await;
@@ -196,5 +216,23 @@ fn append_request(event: &PendingEvent) -> pb::AppendRequest {
             }),
             idempotency_key: event.idempotency_key.clone(),
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_names_what_to_check() {
+        let refused = ReportError::Controller(tonic::Status::unauthenticated("bad token"));
+        assert!(refused.what_to_check().contains("hs256_key_file"));
+        let away = ReportError::Controller(tonic::Status::unavailable("connection refused"));
+        assert!(
+            away.what_to_check()
+                .contains("[core-engine.audit] controller")
+        );
+        let store = ReportError::Store(crate::error::EngineError::Internal);
+        assert!(store.what_to_check().contains("database_url"));
     }
 }
