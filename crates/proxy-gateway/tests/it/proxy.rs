@@ -509,11 +509,15 @@ async fn a_weighted_split_sends_each_cluster_its_share() {
             .entry(echo(&mut client, b"split").await.unwrap())
             .or_default() += 1;
     }
-    // 20 % of 2,000 is 400 with a standard deviation of 18: ±60 is more than 3 of them.
+    // 20 % of 2,000 is 400 with a standard deviation of 18; ±90 is 5 of them, as in the
+    // other split tests (±60, 3.35 of them, failed about once in 1,700 runs by chance:
+    // clean-clone CI saw 330 once; 5,000 simulated runs of the gateway's random numbers
+    // fell outside ±60 three times). A wrong split (50/50, or the weights swapped) is
+    // still far outside.
     let canary_calls = seen.get("canary").copied().unwrap_or_default();
     assert_eq!(seen.values().sum::<u32>(), CALLS, "{seen:?}");
     assert!(
-        (340..=460).contains(&canary_calls),
+        (310..=490).contains(&canary_calls),
         "canary took {canary_calls} of {CALLS}: {seen:?}"
     );
     // The metrics say which cluster served.
