@@ -123,6 +123,34 @@ class RenderedChart(unittest.TestCase):
         self.assertEqual(len(master), 32)
         self.assertGreaterEqual(len(base64.b64decode(secret["data"]["jwt-hs256.key"])), 32)
 
+    def test_database_urls_carry_the_tls_settings_and_mount_the_ca(self):
+        url_env = {"core-engine": "OMNIMESH_CORE_ENGINE__KEYS__DATABASE_URL",
+                   "mesh-controller": "OMNIMESH_MESH_CONTROLLER__EVENTS__DATABASE_URL"}
+        ca_file = "/etc/omnimesh/postgresql-ca/ca.crt"
+        for label, query, ca_secret in [
+                ("default", "?sslmode=prefer", None),
+                ("production", f"?sslmode=verify-full&sslrootcert={ca_file}", "omnimesh-postgresql-ca")]:
+            for name, spec, _ in pod_specs(self.rendered[label]):
+                container = spec["containers"][0]
+                with self.subTest(values=label, workload=name):
+                    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                    urls = [env[v] for v in url_env.values() if v in env]
+                    for url in urls:
+                        self.assertTrue(url.endswith(query), url)
+                    ca_volumes = [v for v in spec.get("volumes", []) if v["name"] == "postgresql-ca"]
+                    mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+                    if ca_secret and urls:
+                        (volume,) = ca_volumes
+                        self.assertEqual(volume["secret"]["secretName"], ca_secret)
+                        self.assertEqual(volume["secret"]["items"], [{"key": "ca.crt", "path": "ca.crt"}])
+                        self.assertEqual(mounts["postgresql-ca"], ca_file.rsplit("/", 1)[0])
+                    else:
+                        self.assertEqual(ca_volumes, [])
+                        self.assertNotIn("postgresql-ca", mounts)
+            urls = [e["value"] for _, spec, _ in pod_specs(self.rendered[label])
+                    for e in spec["containers"][0].get("env", []) if e["name"] in url_env.values()]
+            self.assertGreaterEqual(len(urls), 2, label)
+
     def test_config_change_rolls_the_pods(self):
         def checksums(values):
             return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
@@ -356,6 +384,12 @@ class ValuesSchema(unittest.TestCase):
 
     def test_limits_are_required(self):
         self.assert_refused(["/coreEngine/resources", "limits"], values="coreEngine:\n  resources:\n    limits: null\n")
+
+    def test_a_postgresql_ca_needs_a_verifying_ssl_mode(self):
+        # The driver checks a given CA only with verify-ca or verify-full.
+        self.assert_refused(["/postgresql/sslMode", "verify-ca"],
+                            "--set", "postgresql.caSecret=pg-ca", "--set", "postgresql.sslMode=require")
+        self.assert_refused(["/postgresql/sslMode"], "--set", "postgresql.sslMode=on")
 
     def test_jwt_checks_need_an_issuer(self):
         self.assert_refused(["/istio/requestAuthentication"], "--set", "istio.requestAuthentication.enabled=true")

@@ -85,7 +85,10 @@ pub async fn open(
     })?;
     let url = match backend {
         Backend::Sqlite => sqlite_url(url)?,
-        Backend::Postgres => url.to_owned(),
+        Backend::Postgres => {
+            check_tls_files(url)?;
+            url.to_owned()
+        }
     };
     // sqlx serialises migrations with an advisory lock on PostgreSQL but not on SQLite:
     // processes opening one file at once (two replicas) take a file lock next to it.
@@ -125,6 +128,43 @@ pub async fn open(
     };
     migrator.run(&pool).await?;
     Ok((pool, backend))
+}
+
+/// Checks a PostgreSQL URL's TLS settings (libpq's names) before connecting:
+///
+/// - the files it names (`sslrootcert`, `sslcert`, `sslkey`) must be readable, since the
+///   driver's own error would not say which file it could not open;
+/// - `sslrootcert` needs `sslmode=verify-ca` or `verify-full`: libpq verifies against a
+///   given root with `sslmode=require` too, the driver does not, so a URL written for libpq
+///   would silently go unverified.
+fn check_tls_files(url: &str) -> Result<(), sqlx::Error> {
+    let invalid = |message: String| sqlx::Error::Configuration(message.into());
+    let parsed =
+        url::Url::parse(url).map_err(|error| invalid(format!("the database URL: {error}")))?;
+    let mut mode = None;
+    let mut root = false;
+    for (name, value) in parsed.query_pairs() {
+        match name.as_ref() {
+            "sslmode" => mode = Some(value.into_owned()),
+            "sslrootcert" | "sslcert" | "sslkey" => {
+                std::fs::File::open(value.as_ref())
+                    .map_err(|error| invalid(format!("{name} {value}: {error}")))?;
+                root |= name == "sslrootcert";
+            }
+            _ => {}
+        }
+    }
+    let verifies = matches!(mode.as_deref(), Some("verify-ca" | "verify-full"));
+    if root && !verifies {
+        return Err(invalid(format!(
+            "sslrootcert is only checked with sslmode=verify-ca or verify-full (the URL has {})",
+            mode.map_or_else(
+                || "no sslmode: prefer".to_owned(),
+                |mode| format!("sslmode={mode}")
+            )
+        )));
+    }
+    Ok(())
 }
 
 /// An exclusive lock on `<file>.lock`, held while the caller migrates (none for an
@@ -224,5 +264,129 @@ mod tests {
         let kept = sqlite_url("sqlite://x.db?mode=ro").unwrap();
         assert_eq!(kept, "sqlite://x.db?mode=ro");
         assert_eq!(sqlite_url("sqlite::memory:").unwrap(), "sqlite::memory:");
+    }
+
+    /// Opens `url` (migrating it) and says whether the connection is encrypted.
+    async fn open_and_report_tls(url: &str) -> Result<bool, sqlx::Error> {
+        static MIGRATOR: Migrator = sqlx::migrate!("tests/migrations-postgres");
+        let options = Options {
+            max_connections: 1,
+            durability: Durability::Normal,
+        };
+        let migrations = Migrations {
+            sqlite: &MIGRATOR,
+            postgres: &MIGRATOR,
+        };
+        let (pool, _) = open(url, options, migrations).await?;
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+    }
+
+    /// TLS to PostgreSQL as libpq's `sslmode` and `sslrootcert` ask, on the real server
+    /// (Debian's PostgreSQL serves TLS with its `ssl-cert-snakeoil` certificate, issued to
+    /// `localhost`).
+    #[tokio::test]
+    async fn postgres_connections_use_tls_as_the_url_asks_and_check_the_certificate() {
+        use sqlx::Connection as _;
+        use std::str::FromStr as _;
+
+        let database = omnimesh_test_support::postgres::TempDatabase::create()
+            .await
+            .unwrap();
+        let given = sqlx::postgres::PgConnectOptions::from_str(database.url()).unwrap();
+        let url = |host: &str, query: &str| {
+            format!(
+                "postgres://{}@{host}:{}/{}?{query}",
+                given.get_username(),
+                given.get_port(),
+                given.get_database().unwrap_or_default()
+            )
+        };
+        let host = given.get_host().to_owned();
+        let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
+        let (ssl, cert_file): (String, String) =
+            sqlx::query_as("SELECT current_setting('ssl'), current_setting('ssl_cert_file')")
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        assert_eq!(
+            ssl, "on",
+            "this test needs PostgreSQL with `ssl = on` (Debian's default)"
+        );
+        let cert = std::fs::canonicalize(&cert_file)
+            .unwrap_or_else(|error| panic!("the server's certificate {cert_file}: {error}"));
+        let cert = cert.display();
+
+        assert!(
+            !open_and_report_tls(&url(&host, "sslmode=disable"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            open_and_report_tls(&url(&host, "sslmode=require"))
+                .await
+                .unwrap()
+        );
+        // A root that did not issue the server's certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let stranger = dir.path().join("stranger.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&stranger, params.self_signed(&key).unwrap().pem()).unwrap();
+        let query = format!("sslmode=verify-full&sslrootcert={}", stranger.display());
+        let unknown = open_and_report_tls(&url("localhost", &query))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("UnknownIssuer"), "{unknown}");
+        // Trusted, and issued to the name connected to.
+        let query = format!("sslmode=verify-full&sslrootcert={cert}");
+        let verified = open_and_report_tls(&url("localhost", &query)).await;
+        assert!(
+            verified.unwrap_or_else(|error| panic!(
+                "{error}: this test needs the server's certificate ({cert}) issued to localhost, \
+                 as Debian's ssl-cert-snakeoil is on these machines"
+            )),
+            "verified but not encrypted"
+        );
+        // Trusted, but issued to another name than the one connected to.
+        let other_name = open_and_report_tls(&url("127.0.0.1", &query))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(other_name.contains("not valid for name"), "{other_name}");
+        // verify-ca checks the issuer and not the name.
+        let query = format!("sslmode=verify-ca&sslrootcert={cert}");
+        assert!(
+            open_and_report_tls(&url("127.0.0.1", &query))
+                .await
+                .unwrap()
+        );
+        // A root with a mode that would not check it.
+        for mode in ["require", "prefer"] {
+            let query = format!("sslmode={mode}&sslrootcert={cert}");
+            let unchecked = open_and_report_tls(&url("localhost", &query))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                unchecked.contains(&format!("only checked with sslmode=verify-ca or verify-full (the URL has sslmode={mode})")),
+                "{unchecked}"
+            );
+        }
+        // A root certificate file that is not there.
+        let missing = open_and_report_tls(&url(
+            "localhost",
+            "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            missing.contains("sslrootcert /nonexistent/ca.pem: No such file"),
+            "{missing}"
+        );
     }
 }

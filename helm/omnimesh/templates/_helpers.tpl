@@ -125,11 +125,22 @@ app.kubernetes.io/part-of: omnimesh
 {{- end -}}
 {{- end -}}
 
-{{/* A PostgreSQL URL; the password comes from $(OMNIMESH_PG_PASSWORD), set just before. */}}
+{{/*
+A PostgreSQL URL; the password comes from $(OMNIMESH_PG_PASSWORD), set just before. TLS as
+postgresql.sslMode says, against the CA of postgresql.caSecret when there is one.
+*/}}
 {{- define "omnimesh.postgresUrl" -}}
 {{- $root := index . 0 -}}
 {{- $pg := $root.Values.postgresql -}}
-{{- printf "postgres://%s:$(OMNIMESH_PG_PASSWORD)@%s:%d/%s" $pg.user $pg.host (int $pg.port) (index . 1) -}}
+{{- printf "postgres://%s:$(OMNIMESH_PG_PASSWORD)@%s:%d/%s?sslmode=%s" $pg.user $pg.host (int $pg.port) (index . 1) $pg.sslMode -}}
+{{- if $pg.caSecret -}}
+{{- printf "&sslrootcert=%s" (include "omnimesh.postgresCaFile" $root) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where postgresql.caSecret's ca.crt is mounted. */}}
+{{- define "omnimesh.postgresCaFile" -}}
+/etc/omnimesh/postgresql-ca/ca.crt
 {{- end -}}
 
 {{/*
@@ -276,6 +287,11 @@ spec:
           mountPath: /etc/omnimesh/jwks
           readOnly: true
         {{- end }}
+        {{- if and $root.Values.postgresql.caSecret (or (eq $c.name "core-engine") (eq $c.name "mesh-controller")) }}
+        - name: postgresql-ca
+          mountPath: {{ include "omnimesh.postgresCaFile" $root | dir }}
+          readOnly: true
+        {{- end }}
         - name: work
           mountPath: /var/lib/omnimesh
         - name: tmp
@@ -306,6 +322,15 @@ spec:
         items:
           - key: jwks.json
             path: jwks.json
+    {{- end }}
+    {{- if and $root.Values.postgresql.caSecret (or (eq $c.name "core-engine") (eq $c.name "mesh-controller")) }}
+    - name: postgresql-ca
+      secret:
+        secretName: {{ $root.Values.postgresql.caSecret }}
+        defaultMode: 0444
+        items:
+          - key: ca.crt
+            path: {{ include "omnimesh.postgresCaFile" $root | base }}
     {{- end }}
     - name: work
       emptyDir:
