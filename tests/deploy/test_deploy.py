@@ -122,6 +122,25 @@ class RenderedChart(unittest.TestCase):
         master = base64.b64decode(base64.b64decode(secret["data"]["master-key"]))
         self.assertEqual(len(master), 32)
         self.assertGreaterEqual(len(base64.b64decode(secret["data"]["jwt-hs256.key"])), 32)
+        self.assertGreaterEqual(len(base64.b64decode(secret["data"]["engine-report.key"])), 32)
+        self.assertNotEqual(secret["data"]["engine-report.key"], secret["data"]["jwt-hs256.key"])
+
+    def test_each_service_mounts_only_the_keys_it_needs(self):
+        # The engine cannot mint platform tokens: it holds its own report key, not the
+        # HS256 key; only the engine holds the master key.
+        wanted = {"core-engine": {"master-key", "engine-report.key"},
+                  "proxy-gateway": {"jwt-hs256.key"},
+                  "mesh-controller": {"jwt-hs256.key", "engine-report.key"}}
+        for label in ("default", "production"):
+            seen = {}
+            for _, spec, meta in pod_specs(self.rendered[label]):
+                component = (meta.get("labels") or {}).get("app.kubernetes.io/name", "")
+                keys = {item["key"] for volume in spec.get("volumes", []) if volume["name"] == "keys"
+                        for item in volume["secret"]["items"]}
+                if component in wanted:
+                    seen[component] = keys
+            with self.subTest(values=label):
+                self.assertEqual(seen, wanted)
 
     def test_database_urls_carry_the_tls_settings_and_mount_the_ca(self):
         url_env = {"core-engine": "OMNIMESH_CORE_ENGINE__KEYS__DATABASE_URL",

@@ -1,6 +1,5 @@
 //! core-engine's section of `omnimesh.toml`.
 
-use omnimesh_common::auth::AuthConfig;
 use omnimesh_common::config::{Invalid, ServiceConfig};
 use omnimesh_common::server::{GrpcListen, ServerConfig};
 use omnimesh_telemetry::TelemetryConfig;
@@ -45,9 +44,14 @@ pub struct Config {
 pub struct AuditConfig {
     /// mesh-controller's gRPC address (`""`: changes are not recorded as events).
     pub controller: String,
-    /// The HS256 key the engine signs its operator token with: the controller's own
-    /// (`[mesh-controller.auth]`), with the same issuer and audience.
-    pub auth: AuthConfig,
+    /// The HS256 key the reports are signed with: a key of their own, which the controller
+    /// reads too (`[mesh-controller.reporting] core_engine_key_file`). Its tokens may only
+    /// append key-change events (`omnimesh_common::reporting`); the engine holds no key
+    /// that could sign anything else.
+    pub key_file: PathBuf,
+    /// Create the key file when it is missing (the local default; false in production,
+    /// where the key comes from a Secret).
+    pub generate_key: bool,
     /// The deadline of one report (and of connecting).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -67,7 +71,8 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             controller: format!("http://{}", omnimesh_common::ports::MESH_CONTROLLER_GRPC),
-            auth: AuthConfig::default(),
+            key_file: PathBuf::from(".omnimesh/engine-report.key"),
+            generate_key: true,
             timeout: Duration::from_secs(10),
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
@@ -90,9 +95,12 @@ impl AuditConfig {
                 ));
             }
         }
-        self.auth
-            .validate()
-            .map_err(|(key, reason)| Invalid::new(format!("audit.auth.{key}"), reason))?;
+        if !self.controller.is_empty() && self.key_file.as_os_str().is_empty() {
+            return Err(Invalid::new(
+                "audit.key_file",
+                "must name the report key file (or set audit.controller = \"\" to record no events)",
+            ));
+        }
         for (key, value) in [
             ("audit.timeout", self.timeout),
             ("audit.retry_initial", self.retry_initial),
@@ -277,7 +285,7 @@ impl Config {
             },
             audit: AuditConfig {
                 controller: String::new(),
-                auth: AuthConfig::for_test(dir),
+                key_file: dir.join("engine-report.key"),
                 ..AuditConfig::default()
             },
             ..Self::default()
@@ -349,13 +357,11 @@ mod tests {
         });
         assert!(message.contains("audit.timeout"), "{message}");
         let message = invalid(AuditConfig {
-            auth: AuthConfig {
-                issuer: String::new(),
-                ..base.auth.clone()
-            },
+            controller: "http://127.0.0.1:50052".into(),
+            key_file: PathBuf::new(),
             ..base.clone()
         });
-        assert!(message.contains("audit.auth.issuer"), "{message}");
+        assert!(message.contains("audit.key_file"), "{message}");
         // The default reports to the local controller; "" records nothing.
         assert_eq!(Config::default().audit.controller, "http://127.0.0.1:50052");
         for controller in [

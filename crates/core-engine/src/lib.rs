@@ -82,8 +82,13 @@ impl App {
             keyring = keyring.with_journal(Arc::clone(&wake));
             let options = report::ReportOptions {
                 controller: audit.controller.clone(),
-                issuer: omnimesh_common::auth::Issuer::load(&audit.auth)
-                    .map_err(|error| Error::Audit(error.to_string()))?,
+                issuer: omnimesh_common::auth::Issuer::load(
+                    &omnimesh_common::reporting::auth_config(
+                        audit.key_file.clone(),
+                        audit.generate_key,
+                    ),
+                )
+                .map_err(|error| Error::Audit(error.to_string()))?,
                 timeout: audit.timeout,
                 retry_initial: audit.retry_initial,
                 retry_max: audit.retry_max,

@@ -2,8 +2,9 @@
 //!
 //! Every change to a key is stored together with its event in the key store's outbox
 //! (`engine_key_events`, see [`crate::keys::events`]). One task here appends the waiting
-//! events to the controller (`Events.Append`, stream `engine-key-<name>`, signed in as
-//! `core-engine` with an operator token from the shared HS256 key), oldest first, and
+//! events to the controller (`Events.Append`, stream `engine-key-<name>`, with a report
+//! token: signed with the engine's own key, good for nothing but these events; see
+//! `omnimesh_common::reporting`), oldest first, and
 //! deletes each once the controller has stored it. It is woken by each change and looks
 //! again every `recheck_interval` (for rows another replica left); when the controller is
 //! away it retries with jittered exponential back-off and the events wait in the store,
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use omnimesh_common::auth::{Issuer, Role};
+use omnimesh_common::reporting;
 use omnimesh_proto::controller::v1 as pb;
 use omnimesh_proto::controller::v1::events_client::EventsClient;
 use tokio::sync::Notify;
@@ -26,7 +28,7 @@ use crate::metrics::EngineMetrics;
 
 /// Events read from the outbox at a time.
 const BATCH: u32 = 64;
-/// How long the operator token minted for one round of reports is valid.
+/// How long the report token minted for one round of reports is valid.
 const TOKEN_TTL: Duration = Duration::from_secs(300);
 
 /// How the reporter reaches the controller.
@@ -34,7 +36,7 @@ const TOKEN_TTL: Duration = Duration::from_secs(300);
 pub(crate) struct ReportOptions {
     /// The controller's gRPC address, e.g. `http://127.0.0.1:50052`.
     pub(crate) controller: String,
-    /// Signs the engine's operator tokens.
+    /// Signs the engine's report tokens.
     pub(crate) issuer: Issuer,
     /// The deadline of one Append.
     pub(crate) timeout: Duration,
@@ -74,8 +76,8 @@ impl ReportError {
             Self::Store(_) => "the key store ([core-engine.keys] database_url)",
             Self::Controller(status) => match status.code() {
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-                    "[core-engine.audit.auth]: hs256_key_file, issuer and audience must be \
-                     those of [mesh-controller.auth]"
+                    "[core-engine.audit] key_file: it must hold the key of the controller's \
+                     [mesh-controller.reporting] core_engine_key_file"
                 }
                 _ => {
                     "that mesh-controller is running at [core-engine.audit] controller \
@@ -179,7 +181,8 @@ async fn report_pending(
         }
         let bearer = format!(
             "Bearer {}",
-            issuer.issue(crate::SERVICE, Role::Operator, TOKEN_TTL)
+            // The controller gives a report token no role: the one named is the least.
+            issuer.issue(reporting::ISSUER, Role::Viewer, TOKEN_TTL)
         );
         let bearer: tonic::metadata::MetadataValue<_> = bearer
             .parse()
@@ -226,7 +229,7 @@ mod tests {
     #[test]
     fn a_failure_names_what_to_check() {
         let refused = ReportError::Controller(tonic::Status::unauthenticated("bad token"));
-        assert!(refused.what_to_check().contains("hs256_key_file"));
+        assert!(refused.what_to_check().contains("core_engine_key_file"));
         let away = ReportError::Controller(tonic::Status::unavailable("connection refused"));
         assert!(
             away.what_to_check()

@@ -41,9 +41,48 @@ pub struct Config {
     /// Who may call: mutating RPCs need an operator or admin token.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Report tokens: core-engine's key changes, appended with a key of its own.
+    #[serde(default)]
+    pub reporting: ReportingConfig,
     /// `Build`: where the workspace is and which cargo builds it.
     #[serde(default)]
     pub build: BuildConfig,
+}
+
+/// `[mesh-controller.reporting]`: the key core-engine signs its key-change reports with
+/// (`omnimesh_common::reporting`). Its tokens may append `engine.key_*` events to
+/// `engine-key-*` streams and nothing else, so the engine does not need the platform's
+/// token key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportingConfig {
+    /// The HS256 key (32 random bytes) shared with core-engine's
+    /// `[core-engine.audit] key_file`; `""` refuses every report.
+    pub core_engine_key_file: std::path::PathBuf,
+    /// Create the key file when it is missing (the local default; false in production,
+    /// where the key comes from a Secret).
+    pub generate_key: bool,
+}
+
+impl Default for ReportingConfig {
+    fn default() -> Self {
+        Self {
+            core_engine_key_file: ".omnimesh/engine-report.key".into(),
+            generate_key: true,
+        }
+    }
+}
+
+impl ReportingConfig {
+    /// How report tokens are checked, or `None` when reports are refused.
+    pub fn auth(&self) -> Option<AuthConfig> {
+        (!self.core_engine_key_file.as_os_str().is_empty()).then(|| {
+            omnimesh_common::reporting::auth_config(
+                self.core_engine_key_file.clone(),
+                self.generate_key,
+            )
+        })
+    }
 }
 
 /// `[mesh-controller.events]`: where the event log lives and what an append may carry.
@@ -144,6 +183,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             registry: RegistryConfig::default(),
             auth: AuthConfig::default(),
+            reporting: ReportingConfig::default(),
             build: BuildConfig::default(),
         }
     }
@@ -188,6 +228,10 @@ impl Config {
                 ..EventsConfig::default()
             },
             auth: AuthConfig::for_test(dir),
+            reporting: ReportingConfig {
+                core_engine_key_file: dir.join("engine-report.key"),
+                generate_key: true,
+            },
             ..Self::default()
         }
     }

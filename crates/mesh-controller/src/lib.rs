@@ -99,6 +99,13 @@ impl App {
         let streams = CancellationToken::new();
         let verifier = Verifier::load(&config.auth).map_err(Error::Auth)?;
         let auth = Authenticator::new(Arc::new(verifier));
+        // Only the event store takes core-engine's report tokens.
+        let events_auth = match config.reporting.auth() {
+            Some(reporting) => auth
+                .clone()
+                .with_reporters(Arc::new(Verifier::load(&reporting).map_err(Error::Auth)?)),
+            None => auth.clone(),
+        };
         let server = GrpcServer::builder(SERVICE, &config.server)
             .add_service(RegistryServer::with_interceptor(
                 transport::RegistryService::new(core.registry, streams.clone()),
@@ -106,7 +113,7 @@ impl App {
             ))
             .add_service(EventsServer::with_interceptor(
                 transport::EventsService::new(core.store.clone(), streams.clone()),
-                auth.clone(),
+                events_auth,
             ))
             .add_service(RolloutsServer::with_interceptor(
                 transport::RolloutsService,
@@ -178,16 +185,23 @@ pub async fn launch(
         "OMNIMESH_PROXY_GATEWAY__UPSTREAMS__REGISTRY".to_owned(),
         format!("http://{address}"),
     ));
-    // core-engine reports key changes to this controller, signed with its token key.
-    let auth = &config.auth;
+    // core-engine reports key changes to this controller, signed with the report key
+    // (created here when missing, before any engine starts), or not at all when the
+    // controller takes no reports.
+    let controller = match config.reporting.auth() {
+        Some(reporting) => {
+            Verifier::load(&reporting).map_err(Error::Auth)?;
+            format!("http://{address}")
+        }
+        None => String::new(),
+    };
     for (key, value) in [
-        ("CONTROLLER", format!("http://{address}")),
+        ("CONTROLLER", controller),
         (
-            "AUTH__HS256_KEY_FILE",
-            auth.hs256_key_file.display().to_string(),
+            "KEY_FILE",
+            config.reporting.core_engine_key_file.display().to_string(),
         ),
-        ("AUTH__ISSUER", auth.issuer.clone()),
-        ("AUTH__AUDIENCE", auth.audience.clone()),
+        ("GENERATE_KEY", "false".to_owned()),
     ] {
         options
             .env

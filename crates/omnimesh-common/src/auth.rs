@@ -502,12 +502,26 @@ impl Issuer {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     verifier: Arc<Verifier>,
+    /// Checks report tokens, where they are accepted (mesh-controller's Events).
+    reporters: Option<Arc<Verifier>>,
 }
 
 impl Authenticator {
     /// Checks tokens with `verifier`.
     pub fn new(verifier: Arc<Verifier>) -> Self {
-        Self { verifier }
+        Self {
+            verifier,
+            reporters: None,
+        }
+    }
+
+    /// Also accepts report tokens checked by `reporters` (see [`crate::reporting`]): such
+    /// a caller is recorded as a [`crate::reporting::Reporter`], with no [`Identity`] and
+    /// so no role, whatever roles its token claims.
+    #[must_use]
+    pub fn with_reporters(mut self, reporters: Arc<Verifier>) -> Self {
+        self.reporters = Some(reporters);
+        self
     }
 }
 
@@ -526,11 +540,23 @@ impl tonic::service::Interceptor for Authenticator {
             .ok_or_else(|| {
                 tonic::Status::unauthenticated("authorization must be `Bearer <token>`")
             })?;
-        let identity = self.verifier.verify(token.trim()).map_err(|rejected| {
-            tracing::info!(reason = %rejected, "token refused");
-            tonic::Status::unauthenticated(rejected.0)
-        })?;
-        request.extensions_mut().insert(identity);
+        let token = token.trim();
+        match self.verifier.verify(token) {
+            Ok(identity) => {
+                request.extensions_mut().insert(identity);
+            }
+            // Report tokens have their own key, issuer and audience: one never passes as
+            // the other.
+            Err(rejected) => match &self.reporters {
+                Some(reporters) if reporters.verify(token).is_ok() => {
+                    request.extensions_mut().insert(crate::reporting::Reporter);
+                }
+                _ => {
+                    tracing::info!(reason = %rejected, "token refused");
+                    return Err(tonic::Status::unauthenticated(rejected.0));
+                }
+            },
+        }
         Ok(request)
     }
 }
@@ -761,6 +787,71 @@ mod tests {
         );
         std::fs::write(&jwks, "not json").unwrap();
         assert!(Verifier::load(&config).is_err());
+    }
+
+    #[test]
+    fn report_tokens_are_reporters_without_a_role_and_only_where_accepted() {
+        use tonic::service::Interceptor as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let platform = AuthConfig::for_test(dir.path());
+        let reports = crate::reporting::auth_config(dir.path().join("report.key"), true);
+        let verifier = Arc::new(Verifier::load(&platform).unwrap());
+        let reporters = Arc::new(Verifier::load(&reports).unwrap());
+        let call = |authenticator: &mut Authenticator, token: &str| {
+            let mut request = tonic::Request::new(());
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            authenticator.call(request)
+        };
+        // Signed with the report key, claiming admin.
+        let report = Issuer::load(&reports).unwrap().issue(
+            "core-engine",
+            Role::Admin,
+            Duration::from_secs(60),
+        );
+        let mut events = Authenticator::new(Arc::clone(&verifier)).with_reporters(reporters);
+        let request = call(&mut events, &report).unwrap();
+        assert_eq!(
+            request.extensions().get::<crate::reporting::Reporter>(),
+            Some(&crate::reporting::Reporter)
+        );
+        assert!(request.extensions().get::<Identity>().is_none());
+        assert_eq!(
+            require(&request, Role::Viewer).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        // Elsewhere it is just a token with an unknown key.
+        let mut others = Authenticator::new(Arc::clone(&verifier));
+        assert_eq!(
+            call(&mut others, &report).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        // Platform tokens are identities as before, and are never reporters.
+        let operator =
+            Issuer::load(&platform)
+                .unwrap()
+                .issue("ops", Role::Operator, Duration::from_secs(60));
+        let request = call(&mut events, &operator).unwrap();
+        assert_eq!(
+            request.extensions().get::<Identity>().unwrap().role,
+            Role::Operator
+        );
+        assert!(
+            request
+                .extensions()
+                .get::<crate::reporting::Reporter>()
+                .is_none()
+        );
+        // The report key with the platform's issuer and audience is neither.
+        let mimic = hs256(
+            &claims(60),
+            &std::fs::read(dir.path().join("report.key")).unwrap(),
+        );
+        let refused = call(&mut events, &mimic).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(refused.message(), "bad signature");
     }
 
     #[test]

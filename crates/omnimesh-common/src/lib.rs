@@ -19,6 +19,7 @@ pub mod files;
 pub mod message_limit;
 pub mod platform;
 pub mod ports;
+pub mod reporting;
 pub mod server;
 mod shutdown;
 pub mod time;

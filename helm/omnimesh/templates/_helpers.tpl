@@ -310,10 +310,15 @@ spec:
           {{- if eq $c.name "core-engine" }}
           - key: master-key
             path: master-key
-          {{- end }}
-          {{- /* core-engine signs its key-change reports to the controller with it. */}}
+          {{- else }}
           - key: jwt-hs256.key
             path: jwt-hs256.key
+          {{- end }}
+          {{- /* core-engine signs its key-change reports with it; the controller checks them. */}}
+          {{- if or (eq $c.name "core-engine") (eq $c.name "mesh-controller") }}
+          - key: engine-report.key
+            path: engine-report.key
+          {{- end }}
     {{- end }}
     {{- if and $root.Values.auth.jwksConfigMap (or (eq $c.name "proxy-gateway") (eq $c.name "mesh-controller")) }}
     - name: jwks

@@ -60,6 +60,15 @@ fn every_service_accepts_the_charts_configuration() {
         engine.keys.master_key_file,
         Path::new("/etc/omnimesh/secrets/master-key")
     );
+    // The engine signs its key-change reports with its own key, the one the controller
+    // checks them with, and never creates it.
+    let report_key = Path::new("/etc/omnimesh/secrets/engine-report.key");
+    assert_eq!(engine.audit.key_file, report_key);
+    assert!(!engine.audit.generate_key);
+    assert_eq!(
+        engine.audit.controller,
+        "http://omnimesh-mesh-controller.omnimesh.svc.cluster.local:50052"
+    );
 
     let gateway: proxy_gateway::Config = load_from(&sources).expect("proxy-gateway");
     assert_eq!(gateway.listen.http.to_string(), "0.0.0.0:8080");
@@ -74,6 +83,8 @@ fn every_service_accepts_the_charts_configuration() {
     let controller: mesh_controller::Config = load_from(&sources).expect("mesh-controller");
     assert_eq!(controller.listen.grpc.to_string(), "0.0.0.0:50052");
     assert!(!controller.auth.generate_hs256_key);
+    assert_eq!(controller.reporting.core_engine_key_file, report_key);
+    assert!(!controller.reporting.generate_key);
 
     let terminal: omniterm_interface::Config = load_from(&sources).expect("omniterm-interface");
     assert_eq!(terminal.listen.grpc.to_string(), "0.0.0.0:50053");

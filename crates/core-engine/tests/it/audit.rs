@@ -52,7 +52,8 @@ fn engine_config(
 ) -> Config {
     let mut config = Config::for_test(dir);
     config.audit.controller = format!("http://{controller}");
-    config.audit.auth = auth.auth.clone();
+    // The controller's report key; whichever of the two starts first creates it.
+    config.audit.key_file = auth.reporting.core_engine_key_file.clone();
     config.audit.timeout = Duration::from_millis(500);
     config.audit.retry_initial = Duration::from_millis(20);
     config.audit.retry_max = Duration::from_millis(200);

@@ -148,3 +148,100 @@ async fn mutations_need_an_operator_and_record_who() {
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     server.stop().await.unwrap();
 }
+
+/// core-engine's report tokens (its own key, `[mesh-controller.reporting]`) append its
+/// key-change events, recorded as `core-engine` whatever they claim, and do nothing else.
+#[tokio::test]
+async fn report_tokens_append_key_change_events_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::for_test(dir.path());
+    let reporting = config.reporting.auth().unwrap();
+    let app = App::build(config).await.unwrap();
+    // The controller created the key; the engine's side signs with the same file.
+    let report = Issuer::load(&omnimesh_common::reporting::auth_config(
+        reporting.hs256_key_file.clone(),
+        false,
+    ))
+    .unwrap()
+    .issue("core-engine", Role::Admin, Duration::from_secs(3600));
+    let server = TestServer::start(|listener, shutdown| app.serve(listener, shutdown)).await;
+    let channel = authed(server.channel().await, &report);
+    let append = |stream: &str, kind: &str| pb::AppendRequest {
+        stream_id: stream.into(),
+        expected: None,
+        events: vec![pb::NewEvent {
+            r#type: kind.into(),
+            data: r#"{"key":"payments"}"#.into(),
+            metadata: Some(pb::EventMetadata {
+                actor: "alice".into(),
+                ..Default::default()
+            }),
+            idempotency_key: String::new(),
+        }],
+    };
+    let mut events = EventsClient::new(channel.clone());
+    events
+        .append(append("engine-key-payments", "engine.key_rotated"))
+        .await
+        .unwrap();
+
+    // Outside its streams and event types: refused, naming the limit.
+    for (stream, kind, expected) in [
+        (
+            "release-core-engine",
+            "engine.key_rotated",
+            "streams named engine-key-<key>",
+        ),
+        (
+            "engine-key-payments",
+            "release.recorded",
+            "engine.key_* events",
+        ),
+    ] {
+        let status = events.append(append(stream, kind)).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+    // The other services do not know the key at all, even for reads.
+    let status = RegistryClient::new(channel.clone())
+        .register(register_request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = RegistryClient::new(channel.clone())
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = RuntimeClient::new(channel)
+        .scale(pb::ScaleRequest {
+            service: "core-engine".into(),
+            replicas: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // One event stored, by core-engine.
+    let recorded = events
+        .read_all(pb::ReadAllRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let stored: Vec<(&str, &str, &str)> = recorded
+        .iter()
+        .map(|e| {
+            (
+                e.stream_id.as_str(),
+                e.r#type.as_str(),
+                e.metadata.as_ref().unwrap().actor.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        [("engine-key-payments", "engine.key_rotated", "core-engine")]
+    );
+}
