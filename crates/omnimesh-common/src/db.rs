@@ -237,17 +237,7 @@ mod tests {
         let mut opens = tokio::task::JoinSet::new();
         for _ in 0..12 {
             let url = url.clone();
-            opens.spawn(async move {
-                let options = Options {
-                    max_connections: 2,
-                    durability: Durability::Normal,
-                };
-                let migrations = Migrations {
-                    sqlite: &MIGRATOR,
-                    postgres: &MIGRATOR,
-                };
-                open(&url, options, migrations).await.map(|_| ())
-            });
+            opens.spawn(async move { open_migrated(&url, &MIGRATOR, 2).await.map(|_| ()) });
         }
         for opened in opens.join_all().await {
             opened.unwrap();
@@ -266,18 +256,27 @@ mod tests {
         assert_eq!(sqlite_url("sqlite::memory:").unwrap(), "sqlite::memory:");
     }
 
-    /// Opens `url` (migrating it) and says whether the connection is encrypted.
-    async fn open_and_report_tls(url: &str) -> Result<bool, sqlx::Error> {
-        static MIGRATOR: Migrator = sqlx::migrate!("tests/migrations-postgres");
+    /// Opens `url` with `migrator` for either backend.
+    async fn open_migrated(
+        url: &str,
+        migrator: &Migrator,
+        max_connections: u32,
+    ) -> Result<(AnyPool, Backend), sqlx::Error> {
         let options = Options {
-            max_connections: 1,
+            max_connections,
             durability: Durability::Normal,
         };
         let migrations = Migrations {
-            sqlite: &MIGRATOR,
-            postgres: &MIGRATOR,
+            sqlite: migrator,
+            postgres: migrator,
         };
-        let (pool, _) = open(url, options, migrations).await?;
+        open(url, options, migrations).await
+    }
+
+    /// Opens `url` (migrating it) and says whether the connection is encrypted.
+    async fn open_and_report_tls(url: &str) -> Result<bool, sqlx::Error> {
+        static MIGRATOR: Migrator = sqlx::migrate!("tests/migrations-postgres");
+        let (pool, _) = open_migrated(url, &MIGRATOR, 1).await?;
         sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
             .fetch_one(&pool)
             .await

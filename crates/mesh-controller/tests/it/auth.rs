@@ -10,7 +10,7 @@ use omnimesh_proto::controller::v1::events_client::EventsClient;
 use omnimesh_proto::controller::v1::registry_client::RegistryClient;
 use omnimesh_proto::controller::v1::runtime_client::RuntimeClient;
 use omnimesh_test_support::TestServer;
-use omnimesh_test_support::grpc::authed;
+use omnimesh_test_support::grpc::{Authed, authed};
 use tonic::Code;
 
 fn register_request() -> pb::RegisterRequest {
@@ -22,6 +22,30 @@ fn register_request() -> pb::RegisterRequest {
         }),
         ttl_seconds: 0,
     }
+}
+
+/// Every event in the store, in order.
+async fn all_events(events: &mut EventsClient<Authed>) -> Vec<pb::Event> {
+    events
+        .read_all(pb::ReadAllRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
+/// (stream, type, actor) of each event.
+fn stream_type_actor(events: &[pb::Event]) -> Vec<(&str, &str, &str)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.stream_id.as_str(),
+                e.r#type.as_str(),
+                e.metadata.as_ref().unwrap().actor.as_str(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -112,26 +136,12 @@ async fn mutations_need_an_operator_and_record_who() {
         })
         .await
         .unwrap();
-    let recorded = events
-        .read_all(pb::ReadAllRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
-    let actors: Vec<(&str, &str)> = recorded
-        .iter()
-        .map(|e| {
-            (
-                e.r#type.as_str(),
-                e.metadata.as_ref().unwrap().actor.as_str(),
-            )
-        })
-        .collect();
+    let recorded = all_events(&mut events).await;
     assert_eq!(
-        actors,
+        stream_type_actor(&recorded),
         [
-            ("registry.instance_registered", "olga"),
-            ("note.written", "olga")
+            ("registry", "registry.instance_registered", "olga"),
+            ("notes", "note.written", "olga")
         ]
     );
     assert_eq!(recorded[1].metadata.as_ref().unwrap().reason, "testing");
@@ -224,24 +234,8 @@ async fn report_tokens_append_key_change_events_and_nothing_else() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     // One event stored, by core-engine.
-    let recorded = events
-        .read_all(pb::ReadAllRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
-    let stored: Vec<(&str, &str, &str)> = recorded
-        .iter()
-        .map(|e| {
-            (
-                e.stream_id.as_str(),
-                e.r#type.as_str(),
-                e.metadata.as_ref().unwrap().actor.as_str(),
-            )
-        })
-        .collect();
     assert_eq!(
-        stored,
+        stream_type_actor(&all_events(&mut events).await),
         [("engine-key-payments", "engine.key_rotated", "core-engine")]
     );
 }
