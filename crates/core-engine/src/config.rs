@@ -170,6 +170,10 @@ pub struct KeysConfig {
     /// How often seal counts are written to the store.
     #[serde(with = "humantime_serde")]
     pub seal_flush_interval: Duration,
+    /// How often keys with an `auto_rotate_period` are checked (a due key is rotated
+    /// within this much of its period).
+    #[serde(with = "humantime_serde")]
+    pub auto_rotate_check_interval: Duration,
 }
 
 impl Default for KeysConfig {
@@ -184,6 +188,7 @@ impl Default for KeysConfig {
             metadata_ttl: Duration::from_secs(2),
             max_seals_per_version: 1 << 32,
             seal_flush_interval: Duration::from_secs(5),
+            auto_rotate_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -256,6 +261,17 @@ impl ServiceConfig for Config {
                 "must be at least 1",
             ));
         }
+        for (key, value) in [
+            ("keys.seal_flush_interval", self.keys.seal_flush_interval),
+            (
+                "keys.auto_rotate_check_interval",
+                self.keys.auto_rotate_check_interval,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(Invalid::new(key, "must be longer than 0s"));
+            }
+        }
         self.audit.validate()?;
         for (key, value) in [
             ("limits.max_message_bytes", self.limits.max_message_bytes),
@@ -314,6 +330,27 @@ mod tests {
             config.server.drain_timeout,
             std::time::Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn key_intervals_must_not_be_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        for (key, config) in [
+            ("keys.seal_flush_interval", {
+                let mut config = Config::for_test(dir.path());
+                config.keys.seal_flush_interval = Duration::ZERO;
+                config
+            }),
+            ("keys.auto_rotate_check_interval", {
+                let mut config = Config::for_test(dir.path());
+                config.keys.auto_rotate_check_interval = Duration::ZERO;
+                config
+            }),
+        ] {
+            let invalid = config.validate().unwrap_err();
+            assert_eq!(invalid.key, key);
+        }
+        assert!(Config::for_test(dir.path()).validate().is_ok());
     }
 
     #[test]

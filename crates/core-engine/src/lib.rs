@@ -39,6 +39,7 @@ pub struct App {
     server: GrpcServer,
     keyring: Arc<keys::Keyring>,
     seal_flush_interval: std::time::Duration,
+    auto_rotate_check_interval: std::time::Duration,
     reporter: Option<report::Reporter>,
 }
 
@@ -118,6 +119,7 @@ impl App {
             server,
             keyring,
             seal_flush_interval: config.keys.seal_flush_interval,
+            auto_rotate_check_interval: config.keys.auto_rotate_check_interval,
             reporter,
         })
     }
@@ -141,8 +143,23 @@ impl App {
                 keyring.flush_seals().await;
             }
         });
+        // Keys with an auto_rotate_period are rotated when due (each replica checks; the
+        // store lets one rotation per period through).
+        let keyring = Arc::clone(&self.keyring);
+        let interval = self.auto_rotate_check_interval;
+        let rotator = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = keyring.rotate_due(keys::now_ms()).await {
+                    tracing::warn!(%error, "looking for keys due for rotation failed");
+                }
+            }
+        });
         let served = self.server.serve(listener, shutdown).await;
         flusher.abort();
+        rotator.abort();
         // Seal counts made during the drain are kept; unreported key changes wait in the
         // store for the next start.
         self.keyring.flush_seals().await;

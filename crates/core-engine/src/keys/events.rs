@@ -48,6 +48,7 @@ fn config(meta: &KeyMeta) -> serde_json::Value {
         "deletion_allowed": meta.deletion_allowed,
         "keep_last_versions": meta.retention.keep_last,
         "max_age_seconds": meta.retention.max_age.map_or(0, |age| age.as_secs()),
+        "auto_rotate_period_seconds": meta.auto_rotate.map_or(0, |period| period.as_secs()),
     })
 }
 
@@ -81,9 +82,11 @@ impl KeyEvent {
         Self::new(CREATED, meta, data, id)
     }
 
-    /// `meta` after a rotation to its latest version.
-    pub(crate) fn rotated(meta: &KeyMeta, id: u128) -> Self {
-        Self::new(ROTATED, meta, json!({ "version": meta.latest_version }), id)
+    /// `meta` after a rotation to its latest version (`automatic`: by its
+    /// `auto_rotate_period`, not a RotateKey call).
+    pub(crate) fn rotated(meta: &KeyMeta, automatic: bool, id: u128) -> Self {
+        let data = json!({ "version": meta.latest_version, "automatic": automatic });
+        Self::new(ROTATED, meta, data, id)
     }
 
     /// `meta` after a configuration change.
@@ -134,7 +137,7 @@ mod tests {
     #[test]
     fn events_name_the_key_and_what_changed_and_nothing_secret() {
         let meta = meta();
-        let rotated = KeyEvent::rotated(&meta, 7);
+        let rotated = KeyEvent::rotated(&meta, false, 7);
         assert_eq!(rotated.event_type, "engine.key_rotated");
         assert_eq!(rotated.key, "payments");
         assert_eq!(
@@ -149,7 +152,7 @@ mod tests {
         );
         assert_eq!(
             data,
-            json!({"key": "payments", "key_type": "aes256-gcm", "version": 2, "revision": 2, "changed_at_ms": null})
+            json!({"key": "payments", "key_type": "aes256-gcm", "version": 2, "automatic": false, "revision": 2, "changed_at_ms": null})
         );
 
         let created: serde_json::Value =

@@ -278,11 +278,49 @@ impl Keyring {
     pub(crate) async fn rotate(&self, name: &str) -> Result<Arc<KeyMeta>, EngineError> {
         model::validate_name("name", name)?;
         let _change = self.changes.lock().await;
-        let mut meta = (*self.fresh(name).await?).clone();
+        let meta = (*self.fresh(name).await?).clone();
+        self.add_version(meta, now_ms(), false).await
+    }
+
+    /// Rotates every key whose automatic rotation is due at `now_ms` (its latest version is
+    /// `auto_rotate_period` old); returns each key rotated with its new version. A key that
+    /// another replica rotated or changed first, or deleted, is looked at again next time;
+    /// one key's failure does not stop the others.
+    pub(crate) async fn rotate_due(&self, now_ms: i64) -> Result<Vec<(String, u32)>, EngineError> {
+        let mut rotated = Vec::new();
+        for name in self.store.auto_rotating().await? {
+            let _change = self.changes.lock().await;
+            let outcome = match self.fresh(&name).await {
+                Ok(meta) if meta.rotation_due(now_ms) => {
+                    self.add_version((*meta).clone(), now_ms, true).await
+                }
+                Ok(_) => continue,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(meta) => {
+                    self.metrics.operation("auto_rotate", meta.key_type, 1);
+                    tracing::info!(key = %name, version = meta.latest_version, "key rotated automatically");
+                    rotated.push((name, meta.latest_version));
+                }
+                Err(EngineError::Aborted(_) | EngineError::NotFound(_)) => {}
+                Err(error) => tracing::warn!(key = %name, %error, "automatic rotation failed"),
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// Adds the next version to `meta` (read fresh, under the change lock) at `now_ms`.
+    async fn add_version(
+        &self,
+        mut meta: KeyMeta,
+        now_ms: i64,
+        automatic: bool,
+    ) -> Result<Arc<KeyMeta>, EngineError> {
         let (secret, public_key) = Material::generate(meta.key_type, &self.rng)?;
-        let version = meta.rotate(now_ms(), public_key)?;
-        let wrapped = self.master.wrap(&self.rng, name, version, &secret)?;
-        let event = self.event(|id| KeyEvent::rotated(&meta, id))?;
+        let version = meta.rotate(now_ms, public_key)?;
+        let wrapped = self.master.wrap(&self.rng, &meta.name, version, &secret)?;
+        let event = self.event(|id| KeyEvent::rotated(&meta, automatic, id))?;
         self.store
             .add_version(&meta, &wrapped, self.master.id(), event.as_ref())
             .await?;

@@ -75,6 +75,8 @@ pub(crate) struct ConfigUpdate {
     pub(crate) min_encryption_version: Option<u32>,
     pub(crate) deletion_allowed: Option<bool>,
     pub(crate) retention: Option<Retention>,
+    /// `Some(ZERO)` turns automatic rotation off.
+    pub(crate) auto_rotate: Option<Duration>,
 }
 
 /// One version, without its material.
@@ -107,6 +109,8 @@ pub(crate) struct KeyMeta {
     pub(crate) min_available_version: u32,
     pub(crate) deletion_allowed: bool,
     pub(crate) retention: Retention,
+    /// Rotate when the latest version is this old (Vault's `auto_rotate_period`).
+    pub(crate) auto_rotate: Option<Duration>,
     pub(crate) latest_version: u32,
     pub(crate) created_at_ms: i64,
     pub(crate) updated_at_ms: i64,
@@ -115,6 +119,11 @@ pub(crate) struct KeyMeta {
     /// Every version from `min_available_version` to `latest_version`, ascending.
     pub(crate) versions: Vec<VersionMeta>,
 }
+
+/// Shortest automatic rotation period (as Vault's).
+pub(crate) const MIN_AUTO_ROTATE: Duration = Duration::from_secs(3600);
+/// Longest automatic rotation period.
+pub(crate) const MAX_AUTO_ROTATE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Longest key name accepted.
 pub(crate) const MAX_NAME_LEN: usize = 128;
@@ -164,6 +173,7 @@ impl KeyMeta {
             min_available_version: 1,
             deletion_allowed: false,
             retention: Retention::default(),
+            auto_rotate: None,
             latest_version: 1,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
@@ -264,6 +274,16 @@ impl KeyMeta {
         Ok(())
     }
 
+    /// Whether automatic rotation is due at `now_ms`: the latest version is at least
+    /// `auto_rotate` old.
+    pub(crate) fn rotation_due(&self, now_ms: i64) -> bool {
+        let (Some(period), Some(latest)) = (self.auto_rotate, self.versions.last()) else {
+            return false;
+        };
+        let period_ms = i64::try_from(period.as_millis()).unwrap_or(i64::MAX);
+        now_ms.saturating_sub(latest.created_at_ms) >= period_ms
+    }
+
     /// Adds the next version; applies retention. Returns the new version's number.
     pub(crate) fn rotate(
         &mut self,
@@ -298,6 +318,15 @@ impl KeyMeta {
         }
         if let Some(retention) = update.retention {
             next.retention = retention;
+        }
+        if let Some(period) = update.auto_rotate {
+            if !period.is_zero() && !(MIN_AUTO_ROTATE..=MAX_AUTO_ROTATE).contains(&period) {
+                return Err(EngineError::invalid(
+                    "config.auto_rotate_period",
+                    "must be 0 (never) or between 1 hour and 100 years",
+                ));
+            }
+            next.auto_rotate = (!period.is_zero()).then_some(period);
         }
         let latest = next.latest_version;
         if next.min_decryption_version == 0 || next.min_decryption_version > latest {
@@ -378,6 +407,54 @@ mod tests {
     use super::*;
 
     const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn automatic_rotation_is_due_when_the_latest_version_reaches_the_period() {
+        let mut key =
+            KeyMeta::new("k".into(), KeyType::Aes256Gcm, false, 0, version(1, 0)).unwrap();
+        assert!(!key.rotation_due(1000 * HOUR), "off by default");
+        let every = |hours: u64| ConfigUpdate {
+            auto_rotate: Some(Duration::from_secs(hours * 3600)),
+            ..ConfigUpdate::default()
+        };
+        key.update(every(24), 0).unwrap();
+        assert_eq!(key.auto_rotate, Some(Duration::from_secs(86_400)));
+        assert!(!key.rotation_due(24 * HOUR - 1));
+        assert!(key.rotation_due(24 * HOUR));
+        // The period counts from the latest version, however it was made.
+        key.rotate(30 * HOUR, None).unwrap();
+        assert!(!key.rotation_due(53 * HOUR));
+        assert!(key.rotation_due(54 * HOUR));
+        // A clock behind the latest version is never due.
+        assert!(!key.rotation_due(i64::MIN));
+        // 0 turns it off; less than an hour, or more than 100 years, is refused as a whole.
+        for refused in [
+            Duration::from_secs(3599),
+            Duration::from_millis(1),
+            MAX_AUTO_ROTATE + Duration::from_secs(1),
+            Duration::MAX,
+        ] {
+            let before = key.clone();
+            let error = key
+                .update(
+                    ConfigUpdate {
+                        auto_rotate: Some(refused),
+                        deletion_allowed: Some(true),
+                        ..ConfigUpdate::default()
+                    },
+                    0,
+                )
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("config.auto_rotate_period"),
+                "{error}"
+            );
+            assert_eq!(key, before, "nothing changed");
+        }
+        key.update(every(0), 0).unwrap();
+        assert_eq!(key.auto_rotate, None);
+        assert!(!key.rotation_due(i64::MAX));
+    }
 
     fn version(version: u32, created_at_ms: i64) -> VersionMeta {
         VersionMeta {

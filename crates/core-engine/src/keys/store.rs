@@ -84,7 +84,8 @@ impl KeyStore {
             "INSERT INTO engine_keys (name, key_type, derived, min_decryption_version, \
              min_encryption_version, min_available_version, deletion_allowed, \
              keep_last_versions, max_age_seconds, latest_version, created_at_ms, updated_at_ms, \
-             revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             revision, auto_rotate_seconds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&key.name)
         .bind(key.key_type.as_str())
@@ -99,6 +100,7 @@ impl KeyStore {
         .bind(key.created_at_ms)
         .bind(key.updated_at_ms)
         .bind(key.revision)
+        .bind(seconds(key.auto_rotate))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -164,6 +166,16 @@ impl KeyStore {
             keys.push(key);
         }
         Ok(keys)
+    }
+
+    /// The names of the keys that rotate automatically.
+    pub(crate) async fn auto_rotating(&self) -> Result<Vec<String>, EngineError> {
+        sqlx::query_scalar(
+            "SELECT name FROM engine_keys WHERE auto_rotate_seconds > 0 ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)
     }
 
     /// A version's wrapped material; `None` when trimmed or missing.
@@ -234,8 +246,8 @@ impl KeyStore {
         let updated = sqlx::query(
             "UPDATE engine_keys SET min_decryption_version = $1, min_encryption_version = $2, \
              min_available_version = $3, deletion_allowed = $4, keep_last_versions = $5, \
-             max_age_seconds = $6, updated_at_ms = $7, revision = $8 \
-             WHERE name = $9 AND revision = $10",
+             max_age_seconds = $6, updated_at_ms = $7, revision = $8, auto_rotate_seconds = $9 \
+             WHERE name = $10 AND revision = $11",
         )
         .bind(to_i64(key.min_decryption_version))
         .bind(to_i64(key.min_encryption_version))
@@ -245,6 +257,7 @@ impl KeyStore {
         .bind(max_age_seconds(&key.retention))
         .bind(key.updated_at_ms)
         .bind(key.revision)
+        .bind(seconds(key.auto_rotate))
         .bind(&key.name)
         .bind(key.revision - 1)
         .execute(&mut *tx)
@@ -383,9 +396,19 @@ fn changed_concurrently(name: &str) -> EngineError {
 }
 
 fn max_age_seconds(retention: &Retention) -> i64 {
-    retention
-        .max_age
-        .map_or(0, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
+    seconds(retention.max_age)
+}
+
+/// A stored period: whole seconds, 0 for none.
+fn seconds(period: Option<Duration>) -> i64 {
+    period.map_or(0, |period| {
+        i64::try_from(period.as_secs()).unwrap_or(i64::MAX)
+    })
+}
+
+/// A period read back: `None` for 0.
+fn period(seconds: i64) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(seconds.unsigned_abs()))
 }
 
 /// Writes `event` (when there is one) to the outbox inside the change's transaction.
@@ -445,7 +468,6 @@ fn key_from_row(row: &AnyRow) -> Result<KeyMeta, EngineError> {
         row.try_get::<i64, _>(column).map_err(store_error)
     };
     let key_type: String = row.try_get("key_type").map_err(store_error)?;
-    let max_age = get_i64("max_age_seconds")?;
     Ok(KeyMeta {
         name: row.try_get("name").map_err(store_error)?,
         key_type: KeyType::parse(&key_type).ok_or_else(|| {
@@ -459,8 +481,9 @@ fn key_from_row(row: &AnyRow) -> Result<KeyMeta, EngineError> {
         deletion_allowed: get_i64("deletion_allowed")? != 0,
         retention: Retention {
             keep_last: to_u32(get_i64("keep_last_versions")?)?,
-            max_age: (max_age > 0).then(|| Duration::from_secs(max_age.unsigned_abs())),
+            max_age: period(get_i64("max_age_seconds")?),
         },
+        auto_rotate: period(get_i64("auto_rotate_seconds")?),
         latest_version: to_u32(get_i64("latest_version")?)?,
         created_at_ms: get_i64("created_at_ms")?,
         updated_at_ms: get_i64("updated_at_ms")?,

@@ -429,3 +429,79 @@ async fn a_database_url_of_another_kind_is_refused() {
         "{error}"
     );
 }
+
+on_both!(
+    due_keys_are_rotated_once_per_period_across_replicas,
+    auto_rotation
+);
+async fn auto_rotation(url: &str, _: Backend) {
+    const HOUR_MS: i64 = 3_600_000;
+    let every_day = ConfigUpdate {
+        auto_rotate: Some(Duration::from_secs(24 * 3600)),
+        ..ConfigUpdate::default()
+    };
+    let first = Arc::new(journaled(url, 4).await);
+    let daily = first
+        .create("daily", KeyType::Aes256Gcm, false, every_day)
+        .await
+        .unwrap();
+    first
+        .create("manual", KeyType::Ed25519, false, ConfigUpdate::default())
+        .await
+        .unwrap();
+    let created = daily.versions[0].created_at_ms;
+    // Not due yet: nothing happens.
+    assert_eq!(first.rotate_due(created + 23 * HOUR_MS).await.unwrap(), []);
+
+    // Due: four replicas on one database look at once; one rotation gets through.
+    let mut replicas = vec![Arc::clone(&first)];
+    for _ in 0..3 {
+        replicas.push(Arc::new(journaled(url, 4).await));
+    }
+    let at = created + 25 * HOUR_MS;
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        let replica = Arc::clone(replica);
+        tasks.push(tokio::spawn(async move { replica.rotate_due(at).await }));
+    }
+    let mut rotated = Vec::new();
+    for task in tasks {
+        rotated.extend(task.await.unwrap().unwrap());
+    }
+    assert_eq!(rotated, [("daily".to_owned(), 2)]);
+    let key = first.get("daily").await.unwrap();
+    assert_eq!(key.latest_version, 2);
+    assert_eq!(key.versions[1].created_at_ms, at);
+    assert_eq!(key.auto_rotate, Some(Duration::from_secs(24 * 3600)));
+    assert_eq!(first.get("manual").await.unwrap().latest_version, 1);
+    // The period counts from the new version.
+    assert_eq!(first.rotate_due(at + 23 * HOUR_MS).await.unwrap(), []);
+    assert_eq!(
+        first.rotate_due(at + 24 * HOUR_MS).await.unwrap(),
+        [("daily".to_owned(), 3)]
+    );
+    // The rotation is an event like any other, marked automatic.
+    let events = first.store().pending_events(1000).await.unwrap();
+    let rotations: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|event| event.event_type == "engine.key_rotated")
+        .map(|event| serde_json::from_str(&event.data).unwrap())
+        .collect();
+    assert_eq!(rotations.len(), 2, "one per rotation, none from the losers");
+    assert!(rotations.iter().all(|data| data["automatic"] == true));
+    // Turned off (and reported so): never due again.
+    let off = first
+        .update(
+            "daily",
+            ConfigUpdate {
+                auto_rotate: Some(Duration::ZERO),
+                ..ConfigUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(off.auto_rotate, None);
+    assert_eq!(first.rotate_due(i64::MAX).await.unwrap(), []);
+    let restarted = keyring(url, 4).await;
+    assert_eq!(restarted.get("daily").await.unwrap().auto_rotate, None);
+}

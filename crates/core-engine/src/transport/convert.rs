@@ -56,6 +56,8 @@ pub(super) fn create_config(config: &pb::KeyConfig) -> ConfigUpdate {
             .then_some(config.min_encryption_version),
         deletion_allowed: config.deletion_allowed.then_some(true),
         retention: config.retention.as_ref().map(retention),
+        auto_rotate: (config.auto_rotate_period_seconds != 0)
+            .then(|| Duration::from_secs(config.auto_rotate_period_seconds)),
     }
 }
 
@@ -65,6 +67,7 @@ pub(super) fn config_update(config: &pb::KeyConfigUpdate) -> ConfigUpdate {
         min_encryption_version: config.min_encryption_version,
         deletion_allowed: config.deletion_allowed,
         retention: config.retention.as_ref().map(retention),
+        auto_rotate: config.auto_rotate_period_seconds.map(Duration::from_secs),
     }
 }
 
@@ -97,6 +100,7 @@ pub(super) fn key(meta: &KeyMeta, seals: &HashMap<u32, u64>, now_ms: i64) -> pb:
                 keep_last_versions: meta.retention.keep_last,
                 max_age_seconds: meta.retention.max_age.map_or(0, |age| age.as_secs()),
             }),
+            auto_rotate_period_seconds: meta.auto_rotate.map_or(0, |period| period.as_secs()),
         }),
         latest_version: meta.latest_version,
         versions,

@@ -675,3 +675,145 @@ async fn keys_are_listed_in_pages() {
     assert_eq!(status.code(), Code::InvalidArgument);
     server.stop().await.unwrap();
 }
+
+/// `auto_rotate_period_seconds` through the API: set at creation, shown, changed,
+/// refused below an hour with the field named (nothing changed), turned off with 0.
+#[tokio::test]
+async fn automatic_rotation_is_configured_through_the_api() {
+    let (server, _dir) = start().await;
+    let mut client = EngineClient::new(server.channel().await);
+    let day = 86_400;
+    let key = client
+        .create_key(CreateKeyRequest {
+            name: "daily".into(),
+            r#type: KeyType::Aes256Gcm as i32,
+            derived: false,
+            config: Some(KeyConfig {
+                auto_rotate_period_seconds: day,
+                ..KeyConfig::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(key.config.unwrap().auto_rotate_period_seconds, day);
+    let update = |seconds: u64| UpdateKeyConfigRequest {
+        name: "daily".into(),
+        config: Some(KeyConfigUpdate {
+            auto_rotate_period_seconds: Some(seconds),
+            deletion_allowed: Some(true),
+            ..KeyConfigUpdate::default()
+        }),
+    };
+    for refused in [1, 3599, u64::MAX] {
+        let status = client.update_key_config(update(refused)).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{refused}: {status:?}"
+        );
+        assert!(
+            status.message().contains("config.auto_rotate_period"),
+            "{status:?}"
+        );
+    }
+    let config = |key: Key| key.config.unwrap();
+    let kept = client
+        .get_key(GetKeyRequest {
+            name: "daily".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(config(kept.clone()).auto_rotate_period_seconds, day);
+    assert!(
+        !config(kept).deletion_allowed,
+        "a refused update changes nothing"
+    );
+    let hourly = client.update_key_config(update(3600)).await.unwrap();
+    let hourly = config(hourly.into_inner().key.unwrap());
+    assert_eq!(hourly.auto_rotate_period_seconds, 3600);
+    let off = client.update_key_config(update(0)).await.unwrap();
+    assert_eq!(
+        config(off.into_inner().key.unwrap()).auto_rotate_period_seconds,
+        0
+    );
+    // Refused at creation too.
+    let status = client
+        .create_key(CreateKeyRequest {
+            name: "too-often".into(),
+            r#type: KeyType::Aes256Gcm as i32,
+            derived: false,
+            config: Some(KeyConfig {
+                auto_rotate_period_seconds: 60,
+                ..KeyConfig::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+/// The running service rotates a key whose latest version has reached its period: the
+/// version is made older in the database, and the next check rotates it once.
+#[tokio::test]
+async fn the_service_rotates_a_due_key_by_itself() {
+    use sqlx::Connection as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = core_engine::Config::for_test(dir.path());
+    config.keys.auto_rotate_check_interval = std::time::Duration::from_millis(50);
+    let url = config.keys.database_url.clone();
+    let (server, _dir) = super::start_with(config, dir).await;
+    let mut client = EngineClient::new(server.channel().await);
+    for (name, period) in [("hourly", 3600), ("manual", 0)] {
+        client
+            .create_key(CreateKeyRequest {
+                name: name.into(),
+                r#type: KeyType::Aes256Gcm as i32,
+                derived: false,
+                config: Some(KeyConfig {
+                    auto_rotate_period_seconds: period,
+                    ..KeyConfig::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    // Both keys' first version made two hours ago.
+    let mut database = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE engine_key_versions SET created_at_ms = created_at_ms - 7200000")
+        .execute(&mut database)
+        .await
+        .unwrap();
+    let latest = |name: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_key(GetKeyRequest { name: name.into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .key
+                .unwrap()
+                .latest_version
+        }
+    };
+    omnimesh_test_support::eventually(
+        std::time::Duration::from_secs(30),
+        "the hourly key rotated",
+        || async { (latest("hourly").await == 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        latest("manual").await,
+        1,
+        "a key without a period is left alone"
+    );
+    server.stop().await.unwrap();
+}
