@@ -288,7 +288,7 @@ impl Keyring {
     /// one key's failure does not stop the others.
     pub(crate) async fn rotate_due(&self, now_ms: i64) -> Result<Vec<(String, u32)>, EngineError> {
         let mut rotated = Vec::new();
-        for name in self.store.auto_rotating().await? {
+        for name in self.store.due_for_rotation(now_ms).await? {
             let _change = self.changes.lock().await;
             let outcome = match self.fresh(&name).await {
                 Ok(meta) if meta.rotation_due(now_ms) => {

@@ -168,11 +168,16 @@ impl KeyStore {
         Ok(keys)
     }
 
-    /// The names of the keys that rotate automatically.
-    pub(crate) async fn auto_rotating(&self) -> Result<Vec<String>, EngineError> {
+    /// The names of the keys whose automatic rotation is due at `now_ms`: their latest
+    /// version is at least `auto_rotate_seconds` old (one query, however many keys).
+    pub(crate) async fn due_for_rotation(&self, now_ms: i64) -> Result<Vec<String>, EngineError> {
         sqlx::query_scalar(
-            "SELECT name FROM engine_keys WHERE auto_rotate_seconds > 0 ORDER BY name",
+            "SELECT k.name FROM engine_keys k JOIN engine_key_versions v \
+             ON v.key_name = k.name AND v.version = k.latest_version \
+             WHERE k.auto_rotate_seconds > 0 \
+             AND v.created_at_ms + k.auto_rotate_seconds * 1000 <= $1 ORDER BY k.name",
         )
+        .bind(now_ms)
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)
