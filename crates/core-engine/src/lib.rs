@@ -134,24 +134,16 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
         let keyring = Arc::clone(&self.keyring);
-        let interval = self.seal_flush_interval;
-        let flusher = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                keyring.flush_seals().await;
-            }
+        let flusher = every(self.seal_flush_interval, move || {
+            let keyring = Arc::clone(&keyring);
+            async move { keyring.flush_seals().await }
         });
         // Keys with an auto_rotate_period are rotated when due (each replica checks; the
         // store lets one rotation per period through).
         let keyring = Arc::clone(&self.keyring);
-        let interval = self.auto_rotate_check_interval;
-        let rotator = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
+        let rotator = every(self.auto_rotate_check_interval, move || {
+            let keyring = Arc::clone(&keyring);
+            async move {
                 if let Err(error) = keyring.rotate_due(keys::now_ms()).await {
                     tracing::warn!(%error, "looking for keys due for rotation failed");
                 }
@@ -166,6 +158,22 @@ impl App {
         drop(self.reporter);
         Ok(served?)
     }
+}
+
+/// Runs `work` every `interval` (a slow round delays the next) until the task is aborted.
+fn every<F, Fut>(interval: std::time::Duration, mut work: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            work().await;
+        }
+    })
 }
 
 /// Internals exposed to the benchmarks (`benches/engine.rs`); not an API.

@@ -28,6 +28,31 @@ async fn create(
         .unwrap()
 }
 
+/// Creates an AES-256-GCM key named `name` with `config`.
+async fn create_configured(
+    client: &mut EngineClient<Channel>,
+    name: &str,
+    config: KeyConfig,
+) -> Result<Key, tonic::Status> {
+    let created = client
+        .create_key(CreateKeyRequest {
+            name: name.into(),
+            r#type: KeyType::Aes256Gcm as i32,
+            derived: false,
+            config: Some(config),
+        })
+        .await?;
+    Ok(created.into_inner().key.unwrap_or_default())
+}
+
+/// A configuration that rotates every `seconds` (0: never).
+fn rotating_every(seconds: u64) -> KeyConfig {
+    KeyConfig {
+        auto_rotate_period_seconds: seconds,
+        ..KeyConfig::default()
+    }
+}
+
 fn item(plaintext: &[u8], ad: &[u8], reference: &str) -> EncryptItem {
     EncryptItem {
         plaintext: plaintext.to_vec().into(),
@@ -683,20 +708,8 @@ async fn automatic_rotation_is_configured_through_the_api() {
     let (server, _dir) = start().await;
     let mut client = EngineClient::new(server.channel().await);
     let day = 86_400;
-    let key = client
-        .create_key(CreateKeyRequest {
-            name: "daily".into(),
-            r#type: KeyType::Aes256Gcm as i32,
-            derived: false,
-            config: Some(KeyConfig {
-                auto_rotate_period_seconds: day,
-                ..KeyConfig::default()
-            }),
-        })
+    let key = create_configured(&mut client, "daily", rotating_every(day))
         .await
-        .unwrap()
-        .into_inner()
-        .key
         .unwrap();
     assert_eq!(key.config.unwrap().auto_rotate_period_seconds, day);
     let update = |seconds: u64| UpdateKeyConfigRequest {
@@ -743,16 +756,7 @@ async fn automatic_rotation_is_configured_through_the_api() {
         0
     );
     // Refused at creation too.
-    let status = client
-        .create_key(CreateKeyRequest {
-            name: "too-often".into(),
-            r#type: KeyType::Aes256Gcm as i32,
-            derived: false,
-            config: Some(KeyConfig {
-                auto_rotate_period_seconds: 60,
-                ..KeyConfig::default()
-            }),
-        })
+    let status = create_configured(&mut client, "too-often", rotating_every(60))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -771,16 +775,7 @@ async fn the_service_rotates_a_due_key_by_itself() {
     let (server, _dir) = super::start_with(config, dir).await;
     let mut client = EngineClient::new(server.channel().await);
     for (name, period) in [("hourly", 3600), ("manual", 0)] {
-        client
-            .create_key(CreateKeyRequest {
-                name: name.into(),
-                r#type: KeyType::Aes256Gcm as i32,
-                derived: false,
-                config: Some(KeyConfig {
-                    auto_rotate_period_seconds: period,
-                    ..KeyConfig::default()
-                }),
-            })
+        create_configured(&mut client, name, rotating_every(period))
             .await
             .unwrap();
     }
