@@ -16,6 +16,8 @@ work=$(mktemp -d)
 export OMNIMESH_CORE_ENGINE__LISTEN__GRPC=127.0.0.1:18200
 export OMNIMESH_CORE_ENGINE__KEYS__DATABASE_URL="sqlite://$work/engine.db"
 export OMNIMESH_CORE_ENGINE__KEYS__MASTER_KEY_FILE="$work/master.key"
+# No controller here: record no key-change events.
+export OMNIMESH_CORE_ENGINE__AUDIT__CONTROLLER=""
 ./target/release/core-engine >"$work/engine.log" 2>&1 &
 engine=$!
 trap 'kill "$engine" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
