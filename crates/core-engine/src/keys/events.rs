@@ -34,9 +34,10 @@ pub(crate) struct KeyEvent {
     pub(crate) idempotency_key: String,
 }
 
-/// The event stream of a key in the controller's store.
+/// The event stream of a key in the controller's store (the streams a report token may
+/// append to: `omnimesh_common::reporting`).
 pub(crate) fn stream_id(key: &str) -> String {
-    format!("engine-key-{key}")
+    format!("{}{key}", omnimesh_common::reporting::STREAM_PREFIX)
 }
 
 /// The configuration every event but `deleted` reports, after the change.
@@ -132,6 +133,20 @@ mod tests {
         .unwrap();
         meta.rotate(2_000, None).unwrap();
         meta
+    }
+
+    /// What the engine reports is what its report token may append: were the names to
+    /// drift apart, the controller would refuse every report.
+    #[test]
+    fn every_event_is_within_a_report_tokens_reach() {
+        for event_type in [CREATED, ROTATED, CONFIG_UPDATED, TRIMMED, DELETED] {
+            omnimesh_common::reporting::may_append(
+                &stream_id("payments"),
+                std::iter::once(event_type),
+            )
+            .unwrap();
+        }
+        assert_eq!(stream_id("payments"), "engine-key-payments");
     }
 
     #[test]
