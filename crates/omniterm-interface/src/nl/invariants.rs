@@ -64,7 +64,21 @@ pub fn check(interpreter: &Interpreter, text: &str) -> Result<(), String> {
         }
         // The mask itself may be part of a payload (`'--payload <redacted'`).
         let unmasked = |text: &str| text.replace("<redacted>", "\u{0}");
-        let explained = unmasked(&interpretation.explanation.join("\n"));
+        // The other entities' values are explained in the open, and a payload may spell
+        // one of them (`' production '` beside `prod`): those are not leaks.
+        let mut explained = unmasked(&interpretation.explanation.join("\n"));
+        let mut others = interpretation.entities.clone();
+        others.payload = None;
+        if let serde_json::Value::Object(values) = serde_json::json!(others) {
+            for value in values.values() {
+                let shown = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned);
+                if !value.is_null() && !shown.is_empty() {
+                    explained = explained.replace(&shown, "\u{0}");
+                }
+            }
+        }
         if explained.contains(payload.as_str())
             || unmasked(&interpretation.redacted).contains(payload.as_str())
         {
