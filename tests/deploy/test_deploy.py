@@ -142,6 +142,28 @@ class RenderedChart(unittest.TestCase):
             with self.subTest(values=label):
                 self.assertEqual(seen, wanted)
 
+    def test_retired_master_keys_are_mounted_into_the_engine_only_when_asked(self):
+        path = "/etc/omnimesh/secrets/previous-master-keys"
+        for values, wanted in [({}, False), ({"secrets": {"previousMasterKeys": True}}, True)]:
+            docs = docs_of(values)
+            with self.subTest(values=values):
+                (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+                keys = tomllib.loads(config["data"]["omnimesh.toml"])["core-engine"]["keys"]
+                self.assertEqual(keys.get("previous_master_keys_file"), path if wanted else None)
+                (secret,) = [d for d in docs if d["kind"] == "Secret"]
+                self.assertEqual("previous-master-keys" in secret["data"], wanted)
+                for _, spec, meta in pod_specs(docs):
+                    component = (meta.get("labels") or {}).get("app.kubernetes.io/name", "")
+                    mounted = {item["key"] for volume in spec.get("volumes", []) if volume["name"] == "keys"
+                               for item in volume["secret"]["items"]}
+                    self.assertEqual("previous-master-keys" in mounted,
+                                     wanted and component == "core-engine", component)
+        # The created entry is a list with no key in it yet, which the engine accepts.
+        import base64
+        (secret,) = [d for d in docs_of({"secrets": {"previousMasterKeys": True}}) if d["kind"] == "Secret"]
+        listed = base64.b64decode(secret["data"]["previous-master-keys"]).decode()
+        self.assertTrue(all(line.startswith("#") for line in listed.splitlines() if line.strip()), listed)
+
     def test_database_urls_carry_the_tls_settings_and_mount_the_ca(self):
         url_env = {"core-engine": "OMNIMESH_CORE_ENGINE__KEYS__DATABASE_URL",
                    "mesh-controller": "OMNIMESH_MESH_CONTROLLER__EVENTS__DATABASE_URL"}

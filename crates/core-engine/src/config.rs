@@ -158,6 +158,11 @@ pub struct KeysConfig {
     /// Create the master key file (mode 0600) when it is missing: the local default; turn
     /// it off in production so a missing Secret stops start-up.
     pub generate_master_key: bool,
+    /// Retired master keys (one base64 or hex key per line; empty: none). Versions
+    /// wrapped by one of them are rewrapped under the master key at start-up (and when
+    /// loaded, for those another replica wraps meanwhile); start-up stops, naming them,
+    /// when a stored version is wrapped by a master key that is neither.
+    pub previous_master_keys_file: PathBuf,
     /// Unwrapped key versions kept in memory.
     pub cache_versions: usize,
     /// How long key metadata is trusted before it is read again (another replica's
@@ -184,6 +189,7 @@ impl Default for KeysConfig {
             master_key_file: PathBuf::from(".omnimesh/core-engine-master.key"),
             master_key_env: "OMNIMESH_ENGINE_MASTER_KEY".to_owned(),
             generate_master_key: true,
+            previous_master_keys_file: PathBuf::new(),
             cache_versions: 1024,
             metadata_ttl: Duration::from_secs(2),
             max_seals_per_version: 1 << 32,

@@ -62,6 +62,14 @@ impl App {
             &rng,
         )
         .map_err(Error::MasterKey)?;
+        let previous_masters = if config.keys.previous_master_keys_file.as_os_str().is_empty() {
+            Vec::new()
+        } else {
+            keys::master::MasterKey::load_previous(&config.keys.previous_master_keys_file, &master)
+                .map_err(|reason| {
+                    Error::MasterKey(format!("keys.previous_master_keys_file {reason}"))
+                })?
+        };
         let store =
             keys::store::KeyStore::open(&config.keys.database_url, config.keys.max_connections)
                 .await?;
@@ -74,7 +82,20 @@ impl App {
                 max_seals_per_version: config.keys.max_seals_per_version,
             },
         )
+        .with_previous_masters(previous_masters)
         .with_metrics(engine_metrics.clone());
+        // A master key rotation: what the retired keys wrap moves under the new one.
+        let rewrapped = keyring
+            .rewrap_retired()
+            .await
+            .map_err(|error| Error::MasterKey(error.to_string()))?;
+        if rewrapped > 0 {
+            tracing::info!(
+                rewrapped,
+                master_key = keyring.master_key_id(),
+                "rewrapped key versions under the master key"
+            );
+        }
         let audit = &config.audit;
         let reporter = if audit.controller.is_empty() {
             None

@@ -29,6 +29,7 @@ pub(crate) struct EngineMetrics {
     events_pending: Gauge,
     events_reported: Counter,
     report_failures: Counter,
+    master_key_rewraps: Counter,
 }
 
 impl EngineMetrics {
@@ -65,7 +66,17 @@ impl EngineMetrics {
             "Rounds of reporting key changes to mesh-controller that failed (retried)",
             metrics.report_failures.clone(),
         );
+        registry.register(
+            "master_key_rewraps",
+            "Key versions rewrapped under the master key from a retired one",
+            metrics.master_key_rewraps.clone(),
+        );
         metrics
+    }
+
+    /// A key version's material rewrapped under the master key (a master key rotation).
+    pub(crate) fn master_key_rewrap(&self) {
+        self.master_key_rewraps.inc();
     }
 
     /// Sets how many key changes wait to be reported.

@@ -310,6 +310,10 @@ spec:
           {{- if eq $c.name "core-engine" }}
           - key: master-key
             path: master-key
+          {{- if $root.Values.secrets.previousMasterKeys }}
+          - key: previous-master-keys
+            path: previous-master-keys
+          {{- end }}
           {{- else }}
           - key: jwt-hs256.key
             path: jwt-hs256.key

@@ -94,6 +94,57 @@ impl MasterKey {
         Self::from_bytes(&bytes).map_err(|reason| format!("{}: {reason}", file.display()))
     }
 
+    /// Retired master keys that may still wrap stored versions, from `file`: one key per
+    /// line (base64 or hex of 32 bytes; blank lines and `#` comments skipped), or 32 raw
+    /// bytes for a single key. No key may be `current`, nor appear twice.
+    pub(crate) fn load_previous(file: &Path, current: &Self) -> Result<Vec<Self>, String> {
+        /// Far more than any list of retired keys; a larger file is a mistake.
+        const MAX_FILE_BYTES: u64 = 64 * 1024;
+        let named = |reason: String| format!("{}: {reason}", file.display());
+        let size = std::fs::metadata(file)
+            .map_err(|error| named(error.to_string()))?
+            .len();
+        if size > MAX_FILE_BYTES {
+            return Err(named(format!(
+                "{size} bytes, more than the {MAX_FILE_BYTES} a list of keys may take"
+            )));
+        }
+        let bytes = Zeroizing::new(std::fs::read(file).map_err(|error| named(error.to_string()))?);
+        // 32 bytes cannot be a key in text (base64 takes 44 characters, hex 64).
+        let keys = if bytes.len() == 32 {
+            vec![Self::from_bytes(&bytes).map_err(|reason| named(reason.to_owned()))?]
+        } else {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| named("not text: one base64 or hex key per line".to_owned()))?;
+            text.lines()
+                .enumerate()
+                .map(|(index, line)| (index + 1, line.trim()))
+                .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+                .map(|(number, line)| {
+                    // A raw 32-byte line is not a key in text: only base64 or hex.
+                    if line.len() == 32 {
+                        return Err(named(format!(
+                            "line {number}: not base64 or hex of 32 bytes"
+                        )));
+                    }
+                    Self::from_bytes(line.as_bytes())
+                        .map_err(|reason| named(format!("line {number}: {reason}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut seen = std::collections::HashSet::from([current.id()]);
+        for key in &keys {
+            if !seen.insert(key.id()) {
+                return Err(named(if key.id() == current.id() {
+                    format!("lists the master key itself ({})", key.id())
+                } else {
+                    format!("lists master key {} twice", key.id())
+                }));
+            }
+        }
+        Ok(keys)
+    }
+
     /// The key's id (a digest prefix, safe to store and log).
     pub(crate) fn id(&self) -> &str {
         &self.id
@@ -191,5 +242,77 @@ mod tests {
         assert!(missing.unwrap_err().contains("/nonexistent/key"));
         // The id is not the key.
         assert!(!format!("{a:?}").contains(&hex));
+    }
+
+    #[test]
+    fn retired_keys_are_listed_one_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("previous");
+        let current = MasterKey::from_bytes(&[9; 32]).unwrap();
+        let (one, two) = ([1_u8; 32], [2_u8; 32]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(one);
+        let hex: String = two.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&file, format!("# retired 2026-11\n{b64}\n\n  {hex}  \n")).unwrap();
+        let ids: Vec<String> = MasterKey::load_previous(&file, &current)
+            .unwrap()
+            .iter()
+            .map(|key| key.id().to_owned())
+            .collect();
+        let expected =
+            [one, two].map(|bytes| MasterKey::from_bytes(&bytes).unwrap().id().to_owned());
+        assert_eq!(ids, expected);
+        // A single key as 32 raw bytes, as the master key file may hold it.
+        std::fs::write(&file, one).unwrap();
+        assert_eq!(
+            MasterKey::load_previous(&file, &current).unwrap()[0].id(),
+            expected[0]
+        );
+        // An empty list is no list.
+        std::fs::write(&file, "# none yet\n").unwrap();
+        assert!(
+            MasterKey::load_previous(&file, &current)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_bad_list_of_retired_keys_names_the_line_and_shows_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("previous");
+        let current = MasterKey::from_bytes(&[9; 32]).unwrap();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let secret = b64(&[3; 31]);
+        let refused = |content: &[u8]| {
+            std::fs::write(&file, content).unwrap();
+            MasterKey::load_previous(&file, &current).unwrap_err()
+        };
+        // Malformed: a short key, a 32-character line (not base64 or hex of 32 bytes), not text.
+        let short = refused(format!("{}\n{secret}\n", b64(&[1; 32])).as_bytes());
+        assert!(
+            short.contains("line 2") && short.contains("32 bytes"),
+            "{short}"
+        );
+        assert!(!short.contains(&secret), "the line is not echoed: {short}");
+        let raw_line = refused(format!("{}\n", "a".repeat(32)).as_bytes());
+        assert!(raw_line.contains("line 1"), "{raw_line}");
+        let binary = refused(&[0xff; 40]);
+        assert!(binary.contains("not text"), "{binary}");
+        // Hostile or mistaken: the master key itself, a key twice, a huge file, a missing one.
+        let itself = refused(format!("{}\n", b64(&[9; 32])).as_bytes());
+        assert!(itself.contains("the master key itself"), "{itself}");
+        let twice = refused(format!("{0}\n{0}\n", b64(&[1; 32])).as_bytes());
+        assert!(twice.contains("twice"), "{twice}");
+        let huge = refused(&vec![b'#'; 1 << 20]);
+        assert!(huge.contains("more than the 65536"), "{huge}");
+        let missing = MasterKey::load_previous(&dir.path().join("nope"), &current).unwrap_err();
+        assert!(missing.contains("nope"), "{missing}");
+        // Each message names the file.
+        for message in [short, raw_line, binary, itself, twice, huge] {
+            assert!(
+                message.starts_with(&file.display().to_string()),
+                "{message}"
+            );
+        }
     }
 }

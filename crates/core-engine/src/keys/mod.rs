@@ -126,10 +126,63 @@ pub(crate) struct KeyringLimits {
     pub(crate) max_seals_per_version: u64,
 }
 
+/// Why stored versions were not rewrapped under the master key.
+#[derive(Debug)]
+pub(crate) enum RewrapError {
+    /// Versions wrapped by master keys that are not loaded: per key id, its versions.
+    UnknownMasterKeys {
+        master: String,
+        unknown: Vec<(String, Vec<String>)>,
+    },
+    Store(EngineError),
+}
+
+impl From<EngineError> for RewrapError {
+    fn from(error: EngineError) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl std::fmt::Display for RewrapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Versions named in the message, per master key.
+        const NAMED: usize = 5;
+        match self {
+            Self::Store(error) => write!(f, "reading the key store: {error}"),
+            Self::UnknownMasterKeys { master, unknown } => {
+                for (index, (id, versions)) in unknown.iter().enumerate() {
+                    let named = versions.iter().take(NAMED).cloned().collect::<Vec<_>>();
+                    let more = versions.len().saturating_sub(NAMED);
+                    write!(
+                        f,
+                        "{}{} key version(s) ({}{}) are wrapped by master key {id}",
+                        if index == 0 { "" } else { "; " },
+                        versions.len(),
+                        named.join(", "),
+                        if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        },
+                    )?;
+                }
+                write!(
+                    f,
+                    ", which is neither the master key ({master}) nor in \
+                     previous_master_keys_file: start with the master key that wrapped them, \
+                     or list it in that file"
+                )
+            }
+        }
+    }
+}
+
 /// The keyring.
 pub(crate) struct Keyring {
     store: KeyStore,
     master: MasterKey,
+    /// Retired master keys that may still wrap stored versions.
+    previous_masters: Vec<MasterKey>,
     rng: SystemRandom,
     limits: KeyringLimits,
     metas: quick_cache::sync::Cache<String, (Arc<KeyMeta>, Instant)>,
@@ -156,6 +209,7 @@ impl Keyring {
         Self {
             store,
             master,
+            previous_masters: Vec::new(),
             rng: SystemRandom::new(),
             metas: quick_cache::sync::Cache::new(4096),
             versions: quick_cache::sync::Cache::new(limits.cache_versions.max(1)),
@@ -165,6 +219,12 @@ impl Keyring {
             journal: None,
             limits,
         }
+    }
+
+    /// Unwraps versions wrapped by these retired master keys too (and rewraps them).
+    pub(crate) fn with_previous_masters(mut self, previous: Vec<MasterKey>) -> Self {
+        self.previous_masters = previous;
+        self
     }
 
     /// Stores an event with every change to a key and wakes `reporter` after each.
@@ -395,17 +455,31 @@ impl Keyring {
             .wrapped(&meta.name, version)
             .await?
             .ok_or(EngineError::DecryptionFailed)?;
-        if wrapped.master_key_id != self.master.id() {
-            tracing::error!(
-                key = %meta.name,
-                version,
-                stored = %wrapped.master_key_id,
-                loaded = %self.master.id(),
-                "a key version was wrapped by another master key"
-            );
-            return Err(EngineError::Internal);
-        }
-        let secret = self.master.unwrap(&meta.name, version, &wrapped.material)?;
+        let secret = if wrapped.master_key_id == self.master.id() {
+            self.master.unwrap(&meta.name, version, &wrapped.material)?
+        } else {
+            // Wrapped by a retired master key (by a replica not yet given the new one, say):
+            // unwrapped with it and stored under the master key.
+            let Some(previous) = self.previous_master(&wrapped.master_key_id) else {
+                tracing::error!(
+                    key = %meta.name,
+                    version,
+                    stored = %wrapped.master_key_id,
+                    loaded = %self.master.id(),
+                    "a key version was wrapped by a master key that is not loaded"
+                );
+                return Err(EngineError::Internal);
+            };
+            let secret = previous.unwrap(&meta.name, version, &wrapped.material)?;
+            if let Err(error) = self
+                .rewrap_version(&meta.name, version, previous, &secret)
+                .await
+            {
+                // Unwrapped all the same: the next load or start-up tries again.
+                tracing::warn!(key = %meta.name, version, %error, "rewrapping a key version failed");
+            }
+            secret
+        };
         let material = Material::load(meta.key_type, secret, &self.rng)?;
         let seals = self
             .store
@@ -420,6 +494,86 @@ impl Keyring {
         });
         self.versions.insert(cache_key, Arc::clone(&handle));
         Ok(handle)
+    }
+
+    /// The master key's id (safe to log).
+    pub(crate) fn master_key_id(&self) -> &str {
+        self.master.id()
+    }
+
+    /// The retired master key with `id`.
+    fn previous_master(&self, id: &str) -> Option<&MasterKey> {
+        self.previous_masters.iter().find(|key| key.id() == id)
+    }
+
+    /// Stores `secret`, unwrapped from `version`'s material wrapped by `from`, wrapped by
+    /// the master key instead; whether this call replaced it (not another replica, first).
+    async fn rewrap_version(
+        &self,
+        name: &str,
+        version: u32,
+        from: &MasterKey,
+        secret: &[u8],
+    ) -> Result<bool, EngineError> {
+        let wrapped = self.master.wrap(&self.rng, name, version, secret)?;
+        let done = self
+            .store
+            .rewrap(name, version, from.id(), &wrapped, self.master.id())
+            .await?;
+        if done {
+            self.metrics.master_key_rewrap();
+        }
+        Ok(done)
+    }
+
+    /// Rewraps, under the master key, every stored version wrapped by a retired one (a
+    /// master key rotation). Refuses, changing nothing, when a version is wrapped by a
+    /// master key that is not loaded: it could not be used, and its owner should know at
+    /// start-up, not at the first request. Returns the number of versions rewrapped.
+    pub(crate) async fn rewrap_retired(&self) -> Result<usize, RewrapError> {
+        let others = self.store.wrapped_by_others(self.master.id()).await?;
+        let mut unknown: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (name, version, id) in &others {
+            if self.previous_master(id).is_none() {
+                unknown
+                    .entry(id)
+                    .or_default()
+                    .push(format!("{name} v{version}"));
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(RewrapError::UnknownMasterKeys {
+                master: self.master.id().to_owned(),
+                unknown: unknown
+                    .into_iter()
+                    .map(|(id, versions)| (id.to_owned(), versions))
+                    .collect(),
+            });
+        }
+        let mut rewrapped = 0;
+        for (name, version, id) in &others {
+            let Some(previous) = self.previous_master(id) else {
+                continue;
+            };
+            // Read again: the list may be stale by now (trimmed, or rewrapped elsewhere).
+            let Some(wrapped) = self.store.wrapped(name, *version).await? else {
+                continue;
+            };
+            if wrapped.master_key_id != previous.id() {
+                continue;
+            }
+            // A blob that does not unwrap was unusable before and stays as it is (logged).
+            let Ok(secret) = previous.unwrap(name, *version, &wrapped.material) else {
+                continue;
+            };
+            if self
+                .rewrap_version(name, *version, previous, &secret)
+                .await?
+            {
+                rewrapped += 1;
+            }
+        }
+        Ok(rewrapped)
     }
 
     fn pending(&self, name: &str, version: u32) -> u64 {

@@ -208,6 +208,58 @@ impl KeyStore {
         }))
     }
 
+    /// The versions whose material is wrapped by a master key other than `master_key_id`
+    /// (trimmed versions hold none): key name, version and the wrapping key's id.
+    pub(crate) async fn wrapped_by_others(
+        &self,
+        master_key_id: &str,
+    ) -> Result<Vec<(String, u32, String)>, EngineError> {
+        sqlx::query(
+            "SELECT key_name, version, master_key_id FROM engine_key_versions \
+             WHERE wrapped IS NOT NULL AND master_key_id <> $1 ORDER BY key_name, version",
+        )
+        .bind(master_key_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get("key_name").map_err(store_error)?,
+                to_u32(row.try_get("version").map_err(store_error)?)?,
+                row.try_get("master_key_id").map_err(store_error)?,
+            ))
+        })
+        .collect()
+    }
+
+    /// Replaces a version's wrapped material with `wrapped`, by master key `to`, only if
+    /// it is still wrapped by master key `from` (another replica may have done it first,
+    /// or the version been trimmed); whether it was replaced.
+    pub(crate) async fn rewrap(
+        &self,
+        name: &str,
+        version: u32,
+        from: &str,
+        wrapped: &[u8],
+        to: &str,
+    ) -> Result<bool, EngineError> {
+        let done = sqlx::query(
+            "UPDATE engine_key_versions SET wrapped = $1, master_key_id = $2 \
+             WHERE key_name = $3 AND version = $4 AND master_key_id = $5 \
+             AND wrapped IS NOT NULL",
+        )
+        .bind(wrapped)
+        .bind(to)
+        .bind(name)
+        .bind(to_i64(version))
+        .bind(from)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Stores a rotation: the new latest version and its material, only if the key is
     /// still at `key.revision - 1`.
     pub(crate) async fn add_version(

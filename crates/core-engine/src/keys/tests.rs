@@ -505,3 +505,200 @@ async fn auto_rotation(url: &str, _: Backend) {
     let restarted = keyring(url, 4).await;
     assert_eq!(restarted.get("daily").await.unwrap().auto_rotate, None);
 }
+
+/// Each version's master key id and wrapped blob, in order.
+async fn wrapping(keyring: &Keyring) -> Vec<(String, i64, String, Vec<u8>)> {
+    sqlx::query(
+        "SELECT key_name, version, master_key_id, wrapped FROM engine_key_versions \
+         WHERE wrapped IS NOT NULL ORDER BY key_name, version",
+    )
+    .fetch_all(keyring.store().pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| {
+        (
+            row.try_get("key_name").unwrap(),
+            row.try_get("version").unwrap(),
+            row.try_get("master_key_id").unwrap(),
+            row.try_get("wrapped").unwrap(),
+        )
+    })
+    .collect()
+}
+
+/// The AEAD key of `name`'s `version`.
+async fn aead(
+    keyring: &Keyring,
+    name: &str,
+    version: u32,
+) -> Result<Arc<super::VersionHandle>, EngineError> {
+    let meta = keyring.get(name).await?;
+    keyring.version(&meta, version).await
+}
+
+fn open(handle: &super::VersionHandle, sealed: &[u8]) -> Vec<u8> {
+    let Material::Aead { key, .. } = &handle.material else {
+        panic!("an AEAD key");
+    };
+    key.open(b"ad", sealed).unwrap()
+}
+
+on_both!(
+    a_master_key_rotation_rewraps_every_version_and_loses_none,
+    master_key_rotation
+);
+async fn master_key_rotation(url: &str, _: Backend) {
+    let rng = SystemRandom::new();
+    let (old_id, new_id) = (master(1).id().to_owned(), master(2).id().to_owned());
+    // Under master key 1: an AEAD key with two versions, the first trimmed later, and a
+    // signing key; something sealed by each AEAD version.
+    let old = keyring(url, 1).await;
+    old.create("aead", KeyType::Aes256Gcm, false, ConfigUpdate::default())
+        .await
+        .unwrap();
+    old.rotate("aead").await.unwrap();
+    old.rotate("aead").await.unwrap();
+    let signing = old
+        .create("sign", KeyType::Ed25519, false, ConfigUpdate::default())
+        .await
+        .unwrap();
+    let public_key = signing.versions[0].public_key.clone();
+    let mut sealed = Vec::new();
+    for version in [2, 3] {
+        let handle = aead(&old, "aead", version).await.unwrap();
+        let Material::Aead { key, .. } = &handle.material else {
+            panic!("an AEAD key");
+        };
+        sealed.push((
+            version,
+            key.seal(&rng, b"ad", format!("v{version}").as_bytes())
+                .unwrap(),
+        ));
+    }
+    old.update(
+        "aead",
+        ConfigUpdate {
+            min_decryption_version: Some(2),
+            ..ConfigUpdate::default()
+        },
+    )
+    .await
+    .unwrap();
+    old.trim("aead", 2).await.unwrap();
+    let before = wrapping(&old).await;
+    assert_eq!(
+        before.len(),
+        3,
+        "aead v2, v3 and sign v1 hold material: {before:?}"
+    );
+    assert!(before.iter().all(|(.., id, _)| *id == old_id));
+
+    // Master key 2 alone: refused, naming the versions and both keys; nothing changes.
+    let stranger = keyring(url, 2).await;
+    let refused = stranger.rewrap_retired().await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!(
+            "3 key version(s) (aead v2, aead v3, sign v1) are wrapped by master key {old_id}"
+        )) && refused.contains(&new_id)
+            && refused.contains("previous_master_keys_file"),
+        "{refused}"
+    );
+    assert_eq!(wrapping(&stranger).await, before);
+
+    // Master key 2 with master key 1 retired: every version with material is rewrapped,
+    // once.
+    let new = keyring(url, 2).await.with_previous_masters(vec![master(1)]);
+    assert_eq!(new.rewrap_retired().await.unwrap(), 3);
+    assert_eq!(new.rewrap_retired().await.unwrap(), 0);
+    let after = wrapping(&new).await;
+    assert_eq!(after.len(), 3);
+    for ((name, version, id, blob), (_, _, _, old_blob)) in after.iter().zip(&before) {
+        assert_eq!(*id, new_id, "{name} v{version}");
+        assert_ne!(blob, old_blob, "{name} v{version} is wrapped anew");
+    }
+
+    // Master key 2 alone now opens what was sealed under master key 1's keys, and signs
+    // with the same key pair; master key 1 alone no longer unwraps anything.
+    let alone = keyring(url, 2).await;
+    assert_eq!(alone.rewrap_retired().await.unwrap(), 0);
+    for (version, sealed) in &sealed {
+        let handle = aead(&alone, "aead", *version).await.unwrap();
+        assert_eq!(open(&handle, sealed), format!("v{version}").into_bytes());
+    }
+    let sign = aead(&alone, "sign", 1).await.unwrap();
+    let Material::Signer(signer) = &sign.material else {
+        panic!("a signing key");
+    };
+    assert_eq!(Some(signer.public_key()), public_key);
+    let retired = keyring(url, 1).await;
+    assert_eq!(
+        aead(&retired, "aead", 3).await.unwrap_err(),
+        EngineError::Internal
+    );
+    assert!(retired.rewrap_retired().await.is_err());
+}
+
+on_both!(
+    a_version_wrapped_meanwhile_by_the_retired_master_key_is_rewrapped_when_loaded,
+    rewrapped_when_loaded
+);
+async fn rewrapped_when_loaded(url: &str, _: Backend) {
+    let rng = SystemRandom::new();
+    // A rollout: this replica has master key 2 with 1 retired; another, not yet updated,
+    // still wraps with master key 1 (and knows 2, so it reads what this one rewraps).
+    let new = keyring(url, 2).await.with_previous_masters(vec![master(1)]);
+    let old = keyring(url, 1).await.with_previous_masters(vec![master(2)]);
+    assert_eq!(new.rewrap_retired().await.unwrap(), 0);
+    old.create("k", KeyType::Aes256Gcm, false, ConfigUpdate::default())
+        .await
+        .unwrap();
+    let handle = aead(&old, "k", 1).await.unwrap();
+    let Material::Aead { key, .. } = &handle.material else {
+        panic!("an AEAD key");
+    };
+    let sealed = key.seal(&rng, b"ad", b"secret").unwrap();
+    assert_eq!(wrapping(&new).await[0].2, master(1).id());
+
+    let loaded = aead(&new, "k", 1).await.unwrap();
+    assert_eq!(open(&loaded, &sealed), b"secret");
+    assert_eq!(wrapping(&new).await[0].2, master(2).id());
+    // The replica on master key 1, started afresh, still reads it.
+    let restarted = keyring(url, 1).await.with_previous_masters(vec![master(2)]);
+    assert_eq!(
+        open(&aead(&restarted, "k", 1).await.unwrap(), &sealed),
+        b"secret"
+    );
+}
+
+on_both!(
+    a_tampered_blob_under_the_retired_master_key_is_left_as_it_is,
+    tampered_blob
+);
+async fn tampered_blob(url: &str, _: Backend) {
+    let old = keyring(url, 1).await;
+    for name in ["good", "tampered"] {
+        old.create(name, KeyType::Aes256Gcm, false, ConfigUpdate::default())
+            .await
+            .unwrap();
+    }
+    let mut blob = wrapping(&old).await[1].3.clone();
+    blob[20] ^= 1;
+    sqlx::query("UPDATE engine_key_versions SET wrapped = $1 WHERE key_name = 'tampered'")
+        .bind(blob.clone())
+        .execute(old.store().pool())
+        .await
+        .unwrap();
+    let new = keyring(url, 2).await.with_previous_masters(vec![master(1)]);
+    assert_eq!(new.rewrap_retired().await.unwrap(), 1);
+    let rows = wrapping(&new).await;
+    assert_eq!(rows[0].2, master(2).id());
+    assert_eq!((rows[1].2.as_str(), &rows[1].3), (master(1).id(), &blob));
+    assert_eq!(
+        aead(&new, "tampered", 1).await.unwrap_err(),
+        EngineError::Internal
+    );
+    // Without master key 1 start-up names it rather than failing at the first request.
+    let error = keyring(url, 2).await.rewrap_retired().await.unwrap_err();
+    assert!(error.to_string().contains("(tampered v1)"), "{error}");
+}

@@ -812,3 +812,55 @@ async fn the_service_rotates_a_due_key_by_itself() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_master_key_rotation_keeps_every_ciphertext_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = core_engine::Config::for_test(dir.path());
+    let (first, retired) = (
+        config.keys.master_key_file.clone(),
+        dir.path().join("retired"),
+    );
+    let (server, dir) = super::start_with(config.clone(), dir).await;
+    let mut client = EngineClient::new(server.channel().await);
+    create(&mut client, "payments", KeyType::Aes256Gcm, false).await;
+    create(&mut client, "signing", KeyType::Ed25519, false).await;
+    let sealed =
+        ciphertext(&encrypt(&mut client, "payments", vec![item(b"kept", b"", "")]).await[0]);
+    server.stop().await.unwrap();
+
+    // The operator retires the master key and installs a new one.
+    std::fs::rename(&first, &retired).unwrap();
+    std::fs::write(&first, "ab".repeat(32)).unwrap();
+    let Err(refused) = core_engine::App::build(config.clone()).await else {
+        panic!("started with a master key that unwraps nothing stored");
+    };
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("2 key version(s) (payments v1, signing v1) are wrapped by master key")
+            && refused.contains("previous_master_keys_file"),
+        "start-up names what the new master key cannot unwrap: {refused}"
+    );
+
+    let mut rotated = config.clone();
+    rotated.keys.previous_master_keys_file = retired.clone();
+    let (server, dir) = super::start_with(rotated, dir).await;
+    let mut client = EngineClient::new(server.channel().await);
+    let opened = decrypt(&mut client, "payments", vec![(sealed.clone(), Vec::new())]).await;
+    assert_eq!(opened, [Ok(b"kept".to_vec())]);
+    let metrics =
+        omnimesh_test_support::http::assert_probes(server.addr(), "omnimesh_core_engine").await;
+    assert!(
+        metrics.contains("omnimesh_core_engine_master_key_rewraps_total 2"),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+
+    // Rewrapped for good: the new master key alone reads everything now.
+    std::fs::remove_file(&retired).unwrap();
+    let (server, _dir) = super::start_with(config, dir).await;
+    let mut client = EngineClient::new(server.channel().await);
+    let opened = decrypt(&mut client, "payments", vec![(sealed, Vec::new())]).await;
+    assert_eq!(opened, [Ok(b"kept".to_vec())]);
+    server.stop().await.unwrap();
+}
