@@ -28,7 +28,7 @@ help:
 	@echo "make bench-controller    the event store on SQLite and PostgreSQL vs plain INSERT loops"
 	@echo "make bench-gateway       proxy-gateway against the real Envoy and nginx, same run, ratios"
 	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
-	@echo "make fuzz-engine         fuzz core-engine's ciphertext parsing and Analyze input"
+	@echo "make fuzz-engine         fuzz core-engine's ciphertext parsing, stream framing, Analyze input and retired-key lists"
 	@echo "make fuzz-gateway        fuzz proxy-gateway's configuration, route matching and endpoints file"
 
 build:
@@ -151,7 +151,7 @@ fuzz-nl:
 # FUZZ_SECONDS.
 fuzz-engine:
 	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
-	for target in engine_ciphertext engine_stream engine_analyze; do \
+	for target in engine_ciphertext engine_stream engine_analyze engine_master_keys; do \
 	  mkdir -p fuzz/corpus/$$target; \
 	  (cd fuzz && $(CARGO) fuzz run --sanitizer none $$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=2 -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \

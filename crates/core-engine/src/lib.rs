@@ -353,6 +353,33 @@ pub mod fuzz_support {
         decryptor.finish().is_ok()
     }
 
+    /// Parses arbitrary bytes as a list of retired master keys: never a panic; a list
+    /// accepted holds distinct keys, none the master key, no more than its lines; a list
+    /// refused gets a short message (it names a line, never echoes one). The keys read.
+    pub fn previous_master_keys(data: &[u8]) -> Option<usize> {
+        use crate::keys::master::MasterKey;
+        let current = MasterKey::from_bytes(&[9; 32]).expect("32 bytes");
+        match MasterKey::parse_previous(data, &current) {
+            Ok(keys) => {
+                let mut ids: Vec<&str> = keys.iter().map(MasterKey::id).collect();
+                ids.push(current.id());
+                ids.sort_unstable();
+                ids.dedup();
+                assert_eq!(
+                    ids.len(),
+                    keys.len() + 1,
+                    "a key listed twice or the master key"
+                );
+                assert!(keys.len() <= data.split(|&b| b == b'\n').count());
+                Some(keys.len())
+            }
+            Err(message) => {
+                assert!(!message.is_empty() && message.len() < 120, "{message}");
+                None
+            }
+        }
+    }
+
     /// Runs Analyze on values and options decoded from arbitrary bytes.
     pub fn analyze_bytes(data: &[u8]) {
         let Some((&options, rest)) = data.split_first() else {

@@ -110,12 +110,18 @@ impl MasterKey {
             )));
         }
         let bytes = Zeroizing::new(std::fs::read(file).map_err(|error| named(error.to_string()))?);
+        Self::parse_previous(&bytes, current).map_err(named)
+    }
+
+    /// A list of retired master keys (see [`MasterKey::load_previous`]); errors name the
+    /// line, never its content.
+    pub(crate) fn parse_previous(bytes: &[u8], current: &Self) -> Result<Vec<Self>, String> {
         // 32 bytes cannot be a key in text (base64 takes 44 characters, hex 64).
         let keys = if bytes.len() == 32 {
-            vec![Self::from_bytes(&bytes).map_err(|reason| named(reason.to_owned()))?]
+            vec![Self::from_bytes(bytes)?]
         } else {
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| named("not text: one base64 or hex key per line".to_owned()))?;
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| "not text: one base64 or hex key per line".to_owned())?;
             text.lines()
                 .enumerate()
                 .map(|(index, line)| (index + 1, line.trim()))
@@ -123,23 +129,21 @@ impl MasterKey {
                 .map(|(number, line)| {
                     // A raw 32-byte line is not a key in text: only base64 or hex.
                     if line.len() == 32 {
-                        return Err(named(format!(
-                            "line {number}: not base64 or hex of 32 bytes"
-                        )));
+                        return Err(format!("line {number}: not base64 or hex of 32 bytes"));
                     }
                     Self::from_bytes(line.as_bytes())
-                        .map_err(|reason| named(format!("line {number}: {reason}")))
+                        .map_err(|reason| format!("line {number}: {reason}"))
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
         let mut seen = std::collections::HashSet::from([current.id()]);
         for key in &keys {
             if !seen.insert(key.id()) {
-                return Err(named(if key.id() == current.id() {
+                return Err(if key.id() == current.id() {
                     format!("lists the master key itself ({})", key.id())
                 } else {
                     format!("lists master key {} twice", key.id())
-                }));
+                });
             }
         }
         Ok(keys)
