@@ -163,6 +163,10 @@ pub struct KeysConfig {
     /// loaded, for those another replica wraps meanwhile); start-up stops, naming them,
     /// when a stored version is wrapped by a master key that is neither.
     pub previous_master_keys_file: PathBuf,
+    /// Rewrap what those keys wrap under the master key. Off for the first step of a
+    /// rotation, when the list holds the next master key (so the replicas not yet on it
+    /// can read what the ones on it wrap) and nothing must move back to the old one.
+    pub rewrap_to_master_key: bool,
     /// Unwrapped key versions kept in memory.
     pub cache_versions: usize,
     /// How long key metadata is trusted before it is read again (another replica's
@@ -190,6 +194,7 @@ impl Default for KeysConfig {
             master_key_env: "OMNIMESH_ENGINE_MASTER_KEY".to_owned(),
             generate_master_key: true,
             previous_master_keys_file: PathBuf::new(),
+            rewrap_to_master_key: true,
             cache_versions: 1024,
             metadata_ttl: Duration::from_secs(2),
             max_seals_per_version: 1 << 32,

@@ -82,7 +82,7 @@ impl App {
                 max_seals_per_version: config.keys.max_seals_per_version,
             },
         )
-        .with_previous_masters(previous_masters)
+        .with_previous_masters(previous_masters, config.keys.rewrap_to_master_key)
         .with_metrics(engine_metrics.clone());
         // A master key rotation: what the retired keys wrap moves under the new one.
         let rewrapped = keyring

@@ -181,8 +181,11 @@ impl std::fmt::Display for RewrapError {
 pub(crate) struct Keyring {
     store: KeyStore,
     master: MasterKey,
-    /// Retired master keys that may still wrap stored versions.
+    /// Other master keys that may wrap stored versions: retired ones, or during the
+    /// first step of a rotation the next one.
     previous_masters: Vec<MasterKey>,
+    /// Whether versions wrapped by those are rewrapped under the master key.
+    rewrap: bool,
     rng: SystemRandom,
     limits: KeyringLimits,
     metas: quick_cache::sync::Cache<String, (Arc<KeyMeta>, Instant)>,
@@ -210,6 +213,7 @@ impl Keyring {
             store,
             master,
             previous_masters: Vec::new(),
+            rewrap: true,
             rng: SystemRandom::new(),
             metas: quick_cache::sync::Cache::new(4096),
             versions: quick_cache::sync::Cache::new(limits.cache_versions.max(1)),
@@ -221,9 +225,12 @@ impl Keyring {
         }
     }
 
-    /// Unwraps versions wrapped by these retired master keys too (and rewraps them).
-    pub(crate) fn with_previous_masters(mut self, previous: Vec<MasterKey>) -> Self {
+    /// Unwraps versions wrapped by these master keys too, and when `rewrap` is set
+    /// stores them wrapped by the master key instead (off while the list holds the next
+    /// master key rather than retired ones, so that replicas do not move versions back).
+    pub(crate) fn with_previous_masters(mut self, previous: Vec<MasterKey>, rewrap: bool) -> Self {
         self.previous_masters = previous;
+        self.rewrap = rewrap;
         self
     }
 
@@ -471,9 +478,10 @@ impl Keyring {
                 return Err(EngineError::Internal);
             };
             let secret = previous.unwrap(&meta.name, version, &wrapped.material)?;
-            if let Err(error) = self
-                .rewrap_version(&meta.name, version, previous, &secret)
-                .await
+            if self.rewrap
+                && let Err(error) = self
+                    .rewrap_version(&meta.name, version, previous, &secret)
+                    .await
             {
                 // Unwrapped all the same: the next load or start-up tries again.
                 tracing::warn!(key = %meta.name, version, %error, "rewrapping a key version failed");
@@ -551,6 +559,9 @@ impl Keyring {
             });
         }
         let mut rewrapped = 0;
+        if !self.rewrap {
+            return Ok(rewrapped);
+        }
         for (name, version, id) in &others {
             let Some(previous) = self.previous_master(id) else {
                 continue;

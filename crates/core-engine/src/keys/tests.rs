@@ -608,7 +608,9 @@ async fn master_key_rotation(url: &str, _: Backend) {
 
     // Master key 2 with master key 1 retired: every version with material is rewrapped,
     // once.
-    let new = keyring(url, 2).await.with_previous_masters(vec![master(1)]);
+    let new = keyring(url, 2)
+        .await
+        .with_previous_masters(vec![master(1)], true);
     assert_eq!(new.rewrap_retired().await.unwrap(), 3);
     assert_eq!(new.rewrap_retired().await.unwrap(), 0);
     let after = wrapping(&new).await;
@@ -647,8 +649,12 @@ async fn rewrapped_when_loaded(url: &str, _: Backend) {
     let rng = SystemRandom::new();
     // A rollout: this replica has master key 2 with 1 retired; another, not yet updated,
     // still wraps with master key 1 (and knows 2, so it reads what this one rewraps).
-    let new = keyring(url, 2).await.with_previous_masters(vec![master(1)]);
-    let old = keyring(url, 1).await.with_previous_masters(vec![master(2)]);
+    let new = keyring(url, 2)
+        .await
+        .with_previous_masters(vec![master(1)], true);
+    let old = keyring(url, 1)
+        .await
+        .with_previous_masters(vec![master(2)], false);
     assert_eq!(new.rewrap_retired().await.unwrap(), 0);
     old.create("k", KeyType::Aes256Gcm, false, ConfigUpdate::default())
         .await
@@ -663,12 +669,23 @@ async fn rewrapped_when_loaded(url: &str, _: Backend) {
     let loaded = aead(&new, "k", 1).await.unwrap();
     assert_eq!(open(&loaded, &sealed), b"secret");
     assert_eq!(wrapping(&new).await[0].2, master(2).id());
-    // The replica on master key 1, started afresh, still reads it.
-    let restarted = keyring(url, 1).await.with_previous_masters(vec![master(2)]);
+    // The replica on master key 1, started afresh, still reads it, and moves nothing
+    // back: not at start-up, not when it loads the version.
+    let restarted = keyring(url, 1)
+        .await
+        .with_previous_masters(vec![master(2)], false);
+    assert_eq!(restarted.rewrap_retired().await.unwrap(), 0);
     assert_eq!(
         open(&aead(&restarted, "k", 1).await.unwrap(), &sealed),
         b"secret"
     );
+    assert_eq!(wrapping(&new).await[0].2, master(2).id());
+    // Which it would, rewrapping on: the two would undo each other's work.
+    let moving_back = keyring(url, 1)
+        .await
+        .with_previous_masters(vec![master(2)], true);
+    assert_eq!(moving_back.rewrap_retired().await.unwrap(), 1);
+    assert_eq!(wrapping(&new).await[0].2, master(1).id());
 }
 
 on_both!(
@@ -689,7 +706,9 @@ async fn tampered_blob(url: &str, _: Backend) {
         .execute(old.store().pool())
         .await
         .unwrap();
-    let new = keyring(url, 2).await.with_previous_masters(vec![master(1)]);
+    let new = keyring(url, 2)
+        .await
+        .with_previous_masters(vec![master(1)], true);
     assert_eq!(new.rewrap_retired().await.unwrap(), 1);
     let rows = wrapping(&new).await;
     assert_eq!(rows[0].2, master(2).id());
