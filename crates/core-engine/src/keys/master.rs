@@ -100,16 +100,19 @@ impl MasterKey {
     pub(crate) fn load_previous(file: &Path, current: &Self) -> Result<Vec<Self>, String> {
         /// Far more than any list of retired keys; a larger file is a mistake.
         const MAX_FILE_BYTES: u64 = 64 * 1024;
+        use std::io::Read as _;
         let named = |reason: String| format!("{}: {reason}", file.display());
-        let size = std::fs::metadata(file)
-            .map_err(|error| named(error.to_string()))?
-            .len();
-        if size > MAX_FILE_BYTES {
+        // Read up to one byte over the cap, so a file that grows meanwhile is caught too,
+        // into room for all of it (no reallocation leaves a copy of a key behind).
+        let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_FILE_BYTES as usize + 1));
+        std::fs::File::open(file)
+            .and_then(|opened| opened.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|error| named(error.to_string()))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
             return Err(named(format!(
-                "{size} bytes, more than the {MAX_FILE_BYTES} a list of keys may take"
+                "more than the {MAX_FILE_BYTES} bytes a list of keys may take"
             )));
         }
-        let bytes = Zeroizing::new(std::fs::read(file).map_err(|error| named(error.to_string()))?);
         Self::parse_previous(&bytes, current).map_err(named)
     }
 
