@@ -540,13 +540,15 @@ impl Keyring {
     /// start-up, not at the first request. Returns the number of versions rewrapped.
     pub(crate) async fn rewrap_retired(&self) -> Result<usize, RewrapError> {
         let others = self.store.wrapped_by_others(self.master.id()).await?;
+        let mut known = Vec::new();
         let mut unknown: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-        for (name, version, id) in &others {
-            if self.previous_master(id).is_none() {
-                unknown
-                    .entry(id)
+        for (name, version, wrapped) in &others {
+            match self.previous_master(&wrapped.master_key_id) {
+                Some(previous) => known.push((name, *version, previous, &wrapped.material)),
+                None => unknown
+                    .entry(&wrapped.master_key_id)
                     .or_default()
-                    .push(format!("{name} v{version}"));
+                    .push(format!("{name} v{version}")),
             }
         }
         if !unknown.is_empty() {
@@ -562,23 +564,15 @@ impl Keyring {
         if !self.rewrap {
             return Ok(rewrapped);
         }
-        for (name, version, id) in &others {
-            let Some(previous) = self.previous_master(id) else {
-                continue;
-            };
-            // Read again: the list may be stale by now (trimmed, or rewrapped elsewhere).
-            let Some(wrapped) = self.store.wrapped(name, *version).await? else {
-                continue;
-            };
-            if wrapped.master_key_id != previous.id() {
-                continue;
-            }
+        for (name, version, previous, material) in known {
             // A blob that does not unwrap was unusable before and stays as it is (logged).
-            let Ok(secret) = previous.unwrap(name, *version, &wrapped.material) else {
+            let Ok(secret) = previous.unwrap(name, version, material) else {
                 continue;
             };
+            // Conditional on the blob still being wrapped by `previous`: one trimmed or
+            // rewrapped by another replica since the list was read is left alone.
             if self
-                .rewrap_version(name, *version, previous, &secret)
+                .rewrap_version(name, version, previous, &secret)
                 .await?
             {
                 rewrapped += 1;

@@ -209,13 +209,13 @@ impl KeyStore {
     }
 
     /// The versions whose material is wrapped by a master key other than `master_key_id`
-    /// (trimmed versions hold none): key name, version and the wrapping key's id.
+    /// (trimmed versions hold none): key name, version and the material as stored.
     pub(crate) async fn wrapped_by_others(
         &self,
         master_key_id: &str,
-    ) -> Result<Vec<(String, u32, String)>, EngineError> {
+    ) -> Result<Vec<(String, u32, Wrapped)>, EngineError> {
         sqlx::query(
-            "SELECT key_name, version, master_key_id FROM engine_key_versions \
+            "SELECT key_name, version, wrapped, master_key_id FROM engine_key_versions \
              WHERE wrapped IS NOT NULL AND master_key_id <> $1 ORDER BY key_name, version",
         )
         .bind(master_key_id)
@@ -227,7 +227,10 @@ impl KeyStore {
             Ok((
                 row.try_get("key_name").map_err(store_error)?,
                 to_u32(row.try_get("version").map_err(store_error)?)?,
-                row.try_get("master_key_id").map_err(store_error)?,
+                Wrapped {
+                    material: row.try_get("wrapped").map_err(store_error)?,
+                    master_key_id: row.try_get("master_key_id").map_err(store_error)?,
+                },
             ))
         })
         .collect()
