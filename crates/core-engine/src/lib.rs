@@ -231,12 +231,15 @@ pub mod bench_support {
         /// each item bound to version 1; the envelopes.
         pub fn seal_batch(&self, plaintexts: &[Vec<u8>]) -> Vec<String> {
             let nonces = crypto::nonces(&self.rng, plaintexts.len()).expect("nonces");
-            let aad = envelope::aad(1, b"");
+            let (mut aad, mut body) = (Vec::new(), Vec::new());
             plaintexts
                 .iter()
                 .zip(nonces)
                 .map(|(plaintext, nonce)| {
-                    let body = self.key.seal_body(nonce, &aad, plaintext).expect("sealing");
+                    envelope::aad_into(1, b"", &mut aad);
+                    self.key
+                        .seal_body_into(nonce, &aad, plaintext, &mut body)
+                        .expect("sealing");
                     envelope::format(1, &body)
                 })
                 .collect()

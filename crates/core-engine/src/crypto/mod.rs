@@ -160,10 +160,24 @@ impl AeadKey {
         aad: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, EngineError> {
-        let mut body = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-        body.extend_from_slice(&nonce);
-        self.seal_into(nonce, aad, plaintext, &mut body)?;
+        let mut body = Vec::new();
+        self.seal_body_into(nonce, aad, plaintext, &mut body)?;
         Ok(body)
+    }
+
+    /// [`AeadKey::seal_body`] into `out`, which is cleared first (a batch reuses one
+    /// buffer).
+    pub(crate) fn seal_body_into(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), EngineError> {
+        out.clear();
+        out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(&nonce);
+        self.seal_into(nonce, aad, plaintext, out)
     }
 
     /// Opens `nonce || ciphertext || tag`.

@@ -83,16 +83,30 @@ fn with_aead<R>(
     }
 }
 
-/// What seals an item: a version's handle, whether the key is derived, its number.
+/// What seals a batch's items: a version's handle, whether the key is derived, its
+/// number, and the buffers each item reuses (wiped when the batch is done: a sealing
+/// that fails may leave plaintext in `body`).
 struct SealWith<'a> {
     handle: &'a VersionHandle,
     derived: bool,
     version: u32,
+    aad: Vec<u8>,
+    body: zeroize::Zeroizing<Vec<u8>>,
 }
 
-impl SealWith<'_> {
+impl<'a> SealWith<'a> {
+    fn new(handle: &'a VersionHandle, derived: bool, version: u32) -> Self {
+        Self {
+            handle,
+            derived,
+            version,
+            aad: Vec::new(),
+            body: zeroize::Zeroizing::new(Vec::new()),
+        }
+    }
+
     fn seal(
-        &self,
+        &mut self,
         nonce: [u8; crypto::NONCE_LEN],
         index: usize,
         plaintext: &[u8],
@@ -100,9 +114,11 @@ impl SealWith<'_> {
         context: &[u8],
     ) -> Result<String, EngineError> {
         let version = self.version;
+        let (aad, body) = (&mut self.aad, &mut *self.body);
         with_aead(self.handle, self.derived, context, index, |key| {
-            let body = key.seal_body(nonce, &envelope::aad(version, associated_data), plaintext)?;
-            Ok(envelope::format(version, &body))
+            envelope::aad_into(version, associated_data, aad);
+            key.seal_body_into(nonce, aad, plaintext, body)?;
+            Ok(envelope::format(version, body))
         })
     }
 }
@@ -142,11 +158,7 @@ pub(super) async fn encrypt(
     let derived = meta.derived;
     let nonces = crypto::nonces(keyring.rng(), request.items.len())?;
     off_the_runtime(bytes, move || {
-        let with = SealWith {
-            handle: &handle,
-            derived,
-            version,
-        };
+        let mut with = SealWith::new(&handle, derived, version);
         request
             .items
             .into_iter()
@@ -196,6 +208,7 @@ struct Sealed {
     body: Vec<u8>,
 }
 
+/// Opens an item; `aad` is a buffer the batch reuses.
 fn open(
     handles: &Handles,
     derived: bool,
@@ -203,6 +216,7 @@ fn open(
     parsed: &Result<Sealed, EngineError>,
     associated_data: &[u8],
     context: &[u8],
+    aad: &mut Vec<u8>,
 ) -> Result<Vec<u8>, EngineError> {
     let sealed = parsed.as_ref().map_err(Clone::clone)?;
     let handle = handles
@@ -211,10 +225,8 @@ fn open(
         .as_ref()
         .map_err(Clone::clone)?;
     with_aead(handle, derived, context, index, |key| {
-        key.open(
-            &envelope::aad(sealed.version, associated_data),
-            &sealed.body,
-        )
+        envelope::aad_into(sealed.version, associated_data, aad);
+        key.open(aad, &sealed.body)
     })
 }
 
@@ -237,7 +249,7 @@ async fn parse_all<'a>(
 }
 
 fn parse(index: usize, ciphertext: &str) -> Result<Sealed, EngineError> {
-    envelope::parse(&format!("items[{index}].ciphertext"), ciphertext)
+    envelope::parse(format_args!("items[{index}].ciphertext"), ciphertext)
         .map(|(version, body)| Sealed { version, body })
 }
 
@@ -263,6 +275,7 @@ pub(super) async fn decrypt(
     let bytes = request.items.iter().map(|item| item.ciphertext.len()).sum();
     let derived = meta.derived;
     off_the_runtime(bytes, move || {
+        let mut aad = Vec::new();
         request
             .items
             .into_iter()
@@ -276,6 +289,7 @@ pub(super) async fn decrypt(
                     &parsed,
                     &item.associated_data,
                     &item.context,
+                    &mut aad,
                 );
                 pb::DecryptResult {
                     reference: item.reference,
@@ -318,6 +332,8 @@ pub(super) async fn rewrap(
     let derived = meta.derived;
     let nonces = crypto::nonces(keyring.rng(), request.items.len())?;
     off_the_runtime(bytes, move || {
+        let mut with = SealWith::new(&target, derived, latest);
+        let mut aad = Vec::new();
         request
             .items
             .into_iter()
@@ -332,15 +348,11 @@ pub(super) async fn rewrap(
                     &parsed,
                     &item.associated_data,
                     &item.context,
+                    &mut aad,
                 )
                 .and_then(|plaintext| {
                     let plaintext = zeroize::Zeroizing::new(plaintext);
-                    SealWith {
-                        handle: &target,
-                        derived,
-                        version: latest,
-                    }
-                    .seal(
+                    with.seal(
                         nonce,
                         index,
                         &plaintext,
@@ -377,22 +389,18 @@ pub(super) async fn generate_data_key(
     let handle = keyring.version(&meta, version).await?;
     keyring.reserve_seals(&meta, version, &handle, 1)?;
     let plaintext = crypto::random(keyring.rng(), bits as usize / 8)?;
-    let ciphertext = SealWith {
-        handle: &handle,
-        derived: meta.derived,
-        version,
-    }
-    .seal(
-        crypto::nonces(keyring.rng(), 1)?[0],
-        0,
-        &plaintext,
-        b"",
-        &request.context,
-    )
-    .map_err(|error| match error {
-        EngineError::InvalidArgument { reason, .. } => EngineError::invalid("context", reason),
-        other => other,
-    })?;
+    let ciphertext = SealWith::new(&handle, meta.derived, version)
+        .seal(
+            crypto::nonces(keyring.rng(), 1)?[0],
+            0,
+            &plaintext,
+            b"",
+            &request.context,
+        )
+        .map_err(|error| match error {
+            EngineError::InvalidArgument { reason, .. } => EngineError::invalid("context", reason),
+            other => other,
+        })?;
     Ok(pb::GenerateDataKeyResponse {
         plaintext: if request.wrapped_only {
             Vec::new()
@@ -469,29 +477,33 @@ pub(super) async fn verify(
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
-            let outcome = envelope::parse(&format!("items[{index}].signature"), &item.signature)
-                .and_then(|(version, signature)| {
-                    meta.check_decryption_version(version, now)
-                        .map_err(|error| match error {
-                            EngineError::DecryptionFailed => EngineError::invalid(
-                                format!("items[{index}].signature"),
-                                format!("key `{}` has no version {version}", meta.name),
-                            ),
-                            other => other,
-                        })?;
-                    let public_key = meta
-                        .versions
-                        .iter()
-                        .find(|v| v.version == version)
-                        .and_then(|v| v.public_key.as_deref())
-                        .ok_or(EngineError::Internal)?;
-                    Ok(match meta.key_type {
-                        KeyType::Ed25519 => {
-                            crypto::verify_ed25519(public_key, &item.message, &signature)
-                        }
-                        _ => crypto::verify_p256(public_key, &item.message, &signature, encoding),
-                    })
-                });
+            let outcome =
+                envelope::parse(format_args!("items[{index}].signature"), &item.signature)
+                    .and_then(|(version, signature)| {
+                        meta.check_decryption_version(version, now).map_err(
+                            |error| match error {
+                                EngineError::DecryptionFailed => EngineError::invalid(
+                                    format!("items[{index}].signature"),
+                                    format!("key `{}` has no version {version}", meta.name),
+                                ),
+                                other => other,
+                            },
+                        )?;
+                        let public_key = meta
+                            .versions
+                            .iter()
+                            .find(|v| v.version == version)
+                            .and_then(|v| v.public_key.as_deref())
+                            .ok_or(EngineError::Internal)?;
+                        Ok(match meta.key_type {
+                            KeyType::Ed25519 => {
+                                crypto::verify_ed25519(public_key, &item.message, &signature)
+                            }
+                            _ => {
+                                crypto::verify_p256(public_key, &item.message, &signature, encoding)
+                            }
+                        })
+                    });
             verify_result(item.reference, outcome)
         })
         .collect())
@@ -550,7 +562,7 @@ pub(super) async fn verify_hmac(
         .items
         .iter()
         .enumerate()
-        .map(|(index, item)| envelope::parse(&format!("items[{index}].hmac"), &item.hmac))
+        .map(|(index, item)| envelope::parse(format_args!("items[{index}].hmac"), &item.hmac))
         .collect();
     let handles = handles_for(
         keyring,
