@@ -326,8 +326,17 @@ pub mod fuzz_support {
             return false;
         };
         let key = AeadKey::new(AeadAlg::Aes256Gcm, &[1; 32]).expect("32 bytes");
-        key.open(&envelope::aad(version, associated_data), &body)
+        key.open_body(&envelope::aad(version, associated_data), body)
             .is_ok()
+    }
+
+    /// Whether the envelope's SIMD decoding of `encoded` (after a valid prefix) accepts
+    /// exactly what the `base64` crate's strict decoding accepts, with the same bytes.
+    pub fn base64_decoders_agree(encoded: &str) -> bool {
+        use base64::Engine as _;
+        let ours = envelope::parse("ciphertext", &format!("omnimesh:v1:{encoded}"));
+        let strict = base64::engine::general_purpose::STANDARD.decode(encoded);
+        ours.ok().map(|(_, body)| body) == strict.ok()
     }
 
     /// Feeds arbitrary bytes, in pieces whose sizes come from the input, to the stream

@@ -2,9 +2,6 @@
 //! HMAC tags. The version is authenticated: AEAD seals bind [`aad`] (the prefix, then
 //! the caller's associated data), so a ciphertext relabelled with another version fails.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-
 use crate::error::EngineError;
 
 const PREFIX: &str = "omnimesh:v";
@@ -45,7 +42,9 @@ pub(crate) fn parse(
     if version == 0 {
         return Err(malformed());
     }
-    let body = STANDARD.decode(encoded).map_err(|_| {
+    // Strict: padding required, no other characters, the unused bits of the last
+    // character zero (a test holds it to the `base64` crate's strict decoding).
+    let body = base64_simd::STANDARD.decode_to_vec(encoded).map_err(|_| {
         EngineError::invalid(
             field.to_string(),
             "the part after the version is not base64",
@@ -99,6 +98,19 @@ mod tests {
             "omnimesh:v1:not base64!",
             "vault:v1:AAAA",
             "OMNIMESH:v1:AAAA",
+            // Not canonical: unused bits set, padding missing, extra or misplaced, other
+            // alphabets, whitespace.
+            "omnimesh:v1:AB==",
+            "omnimesh:v1:AAB=",
+            "omnimesh:v1:AA",
+            "omnimesh:v1:AAA",
+            "omnimesh:v1:AA===",
+            "omnimesh:v1:A===",
+            "omnimesh:v1:AA=A",
+            "omnimesh:v1:=AAA",
+            "omnimesh:v1:AA-_",
+            "omnimesh:v1:AA A",
+            "omnimesh:v1:AAAA\n",
         ] {
             assert!(
                 matches!(parse("c", bad), Err(EngineError::InvalidArgument { .. })),
@@ -137,6 +149,19 @@ mod tests {
         #[test]
         fn format_then_parse_is_identity(version in 1_u32.., body in prop::collection::vec(any::<u8>(), 0..256)) {
             prop_assert_eq!(parse("c", &format(version, &body)), Ok((version, body)));
+        }
+
+        #[test]
+        fn decoding_is_as_strict_as_the_base64_crate(
+            encoded in "[A-Za-z0-9+/=\\-_ \n.]{0,16}",
+            body in prop::collection::vec(any::<u8>(), 0..48),
+        ) {
+            use base64::Engine as _;
+            let strict = base64::engine::general_purpose::STANDARD;
+            for encoded in [encoded, strict.encode(&body)] {
+                let ours = parse("c", &std::format!("omnimesh:v1:{encoded}")).map(|(_, body)| body);
+                prop_assert_eq!(ours.ok(), strict.decode(&encoded).ok(), "{}", encoded);
+            }
         }
 
         #[test]

@@ -124,7 +124,38 @@ impl AeadKey {
                 Ok(())
             }
             Err(_) => {
+                // What failed to open may hold the decrypted text (wrong associated
+                // data, say): wiped, not just forgotten.
+                zeroize::Zeroize::zeroize(&mut out[start..]);
                 out.truncate(start);
+                Err(EngineError::DecryptionFailed)
+            }
+        }
+    }
+
+    /// Opens `nonce || ciphertext || tag` in its own buffer: the plaintext, with no
+    /// copy. On failure the buffer is wiped.
+    pub(crate) fn open_body(&self, aad: &[u8], mut body: Vec<u8>) -> Result<Vec<u8>, EngineError> {
+        let nonce: [u8; NONCE_LEN] = body
+            .get(..NONCE_LEN)
+            .and_then(|nonce| nonce.try_into().ok())
+            .ok_or(EngineError::DecryptionFailed)?;
+        let opened = self
+            .key
+            .open_within(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+                NONCE_LEN..,
+            )
+            .map(|plaintext| plaintext.len());
+        match opened {
+            Ok(length) => {
+                body.truncate(length);
+                Ok(body)
+            }
+            Err(_) => {
+                zeroize::Zeroize::zeroize(&mut body);
                 Err(EngineError::DecryptionFailed)
             }
         }

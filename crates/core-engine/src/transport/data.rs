@@ -208,17 +208,17 @@ struct Sealed {
     body: Vec<u8>,
 }
 
-/// Opens an item; `aad` is a buffer the batch reuses.
+/// Opens an item in its decoded buffer; `aad` is a buffer the batch reuses.
 fn open(
     handles: &Handles,
     derived: bool,
     index: usize,
-    parsed: &Result<Sealed, EngineError>,
+    parsed: Result<Sealed, EngineError>,
     associated_data: &[u8],
     context: &[u8],
     aad: &mut Vec<u8>,
 ) -> Result<Vec<u8>, EngineError> {
-    let sealed = parsed.as_ref().map_err(Clone::clone)?;
+    let sealed = parsed?;
     let handle = handles
         .get(&sealed.version)
         .ok_or(EngineError::Internal)?
@@ -226,7 +226,7 @@ fn open(
         .map_err(Clone::clone)?;
     with_aead(handle, derived, context, index, |key| {
         envelope::aad_into(sealed.version, associated_data, aad);
-        key.open(aad, &sealed.body)
+        key.open_body(aad, sealed.body)
     })
 }
 
@@ -286,7 +286,7 @@ pub(super) async fn decrypt(
                     &handles,
                     derived,
                     index,
-                    &parsed,
+                    parsed,
                     &item.associated_data,
                     &item.context,
                     &mut aad,
@@ -345,7 +345,7 @@ pub(super) async fn rewrap(
                     &handles,
                     derived,
                     index,
-                    &parsed,
+                    parsed,
                     &item.associated_data,
                     &item.context,
                     &mut aad,
