@@ -5,10 +5,10 @@
 //! layer therefore wraps the response body and records when the trailers pass by,
 //! when the body ends without them, or when the client goes away first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -35,9 +35,26 @@ struct CallLabels {
 /// Counters and histograms of the gRPC calls a server answers.
 #[derive(Debug)]
 pub struct GrpcMetrics {
-    known_methods: HashSet<String>,
+    /// Index of each known method in `methods`.
+    known_methods: HashMap<String, usize>,
+    methods: Vec<KnownMethod>,
     requests: Family<CallLabels, Counter>,
     durations: Family<CallLabels, Histogram>,
+}
+
+/// A method this server knows, and its `OK` series once it has one: most calls end
+/// `OK`, and these handles record them without building or hashing a label set.
+#[derive(Debug)]
+struct KnownMethod {
+    path: String,
+    ok: OnceLock<(Counter, Histogram)>,
+}
+
+/// Which method a call is for, as a label.
+#[derive(Debug, Clone, Copy)]
+enum MethodLabel {
+    Known(usize),
+    Unknown,
 }
 
 impl GrpcMetrics {
@@ -45,8 +62,20 @@ impl GrpcMetrics {
     /// Only the paths in `known_methods` (`/pkg.Service/Method`) become label values,
     /// so a client cannot grow the label set.
     pub fn register(metrics: &mut Metrics, known_methods: HashSet<String>) -> Arc<Self> {
+        let methods: Vec<KnownMethod> = known_methods
+            .into_iter()
+            .map(|path| KnownMethod {
+                path,
+                ok: OnceLock::new(),
+            })
+            .collect();
         let this = Self {
-            known_methods,
+            known_methods: methods
+                .iter()
+                .enumerate()
+                .map(|(index, method)| (method.path.clone(), index))
+                .collect(),
+            methods,
             requests: Family::default(),
             durations: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.5, 14))
@@ -66,20 +95,35 @@ impl GrpcMetrics {
         Arc::new(this)
     }
 
-    fn method_label(&self, path: &str) -> String {
-        if self.known_methods.contains(path) {
-            path.to_owned()
-        } else {
-            "unknown".to_owned()
-        }
+    fn method_label(&self, path: &str) -> MethodLabel {
+        self.known_methods
+            .get(path)
+            .map_or(MethodLabel::Unknown, |&index| MethodLabel::Known(index))
     }
 
-    fn record(&self, method: String, code: &'static str, started: Instant) {
-        let labels = CallLabels { method, code };
-        self.requests.get_or_create(&labels).inc();
-        self.durations
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+    fn record(&self, method: MethodLabel, code: &'static str, started: Instant) {
+        let elapsed = started.elapsed().as_secs_f64();
+        let known = match method {
+            MethodLabel::Known(index) => self.methods.get(index),
+            MethodLabel::Unknown => None,
+        };
+        let series = |method: &str| {
+            let labels = CallLabels {
+                method: method.to_owned(),
+                code,
+            };
+            (
+                self.requests.get_or_create(&labels).clone(),
+                self.durations.get_or_create(&labels).clone(),
+            )
+        };
+        let (requests, durations) = match known {
+            Some(known) if code == "OK" => known.ok.get_or_init(|| series(&known.path)).clone(),
+            Some(known) => series(&known.path),
+            None => series("unknown"),
+        };
+        requests.inc();
+        durations.observe(elapsed);
     }
 }
 
@@ -125,7 +169,7 @@ pub struct GrpcMetricsService<S> {
 #[derive(Debug)]
 struct Pending {
     metrics: Arc<GrpcMetrics>,
-    method: String,
+    method: MethodLabel,
     started: Instant,
 }
 
@@ -374,6 +418,46 @@ mod tests {
         let response = service.oneshot(grpc_request(METHOD)).await.unwrap();
         drop(response);
         assert!(metrics.encode().contains("code=\"CANCELLED\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn ok_calls_share_one_series_per_method_with_the_other_codes_beside_it() {
+        let (metrics, layer) = setup();
+        for status in ["0", "0", "5", "0"] {
+            let service = layer.clone().layer(service_fn(
+                move |_request: Request<Full<Bytes>>| async move {
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", status.parse().unwrap());
+                    let frames = futures_frames(vec![
+                        Frame::data(Bytes::from_static(b"x")),
+                        Frame::trailers(trailers),
+                    ]);
+                    Ok::<_, Infallible>(Response::new(StreamBody::new(frames)))
+                },
+            ));
+            let response = service.oneshot(grpc_request(METHOD)).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+        let text = metrics.encode();
+        for expected in [
+            format!(
+                "omnimesh_core_engine_grpc_requests_total{{method=\"{METHOD}\",code=\"OK\"}} 3"
+            ),
+            format!(
+                "omnimesh_core_engine_grpc_requests_total{{method=\"{METHOD}\",code=\"NOT_FOUND\"}} 1"
+            ),
+            format!(
+                "omnimesh_core_engine_grpc_request_duration_seconds_count{{method=\"{METHOD}\",code=\"OK\"}} 3"
+            ),
+        ] {
+            assert!(text.contains(&expected), "{expected} in {text}");
+        }
+        // One series, not one per handle.
+        assert_eq!(
+            text.matches("grpc_requests_total{method=").count(),
+            2,
+            "{text}"
+        );
     }
 
     fn futures_frames(
