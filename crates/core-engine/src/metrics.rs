@@ -15,8 +15,8 @@ use crate::keys::model::KeyType;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
-    operation: String,
-    key_type: String,
+    operation: &'static str,
+    key_type: &'static str,
 }
 
 /// The engine's metrics; cheap to clone (shared counters).
@@ -96,10 +96,10 @@ impl EngineMetrics {
     }
 
     /// Counts one call of `operation` on a `key_type` key with `items` items.
-    pub(crate) fn operation(&self, operation: &str, key_type: KeyType, items: usize) {
+    pub(crate) fn operation(&self, operation: &'static str, key_type: KeyType, items: usize) {
         let labels = OperationLabels {
-            operation: operation.to_owned(),
-            key_type: key_type.as_str().to_owned(),
+            operation,
+            key_type: key_type.as_str(),
         };
         self.operations.get_or_create(&labels).inc();
         self.items.get_or_create(&labels).inc_by(items as u64);

@@ -177,6 +177,17 @@ impl std::fmt::Display for RewrapError {
     }
 }
 
+/// A borrowed `(name, version)` key of the version cache: hashed as the owned tuple
+/// is (field by field), so a lookup allocates nothing.
+#[derive(Hash)]
+struct VersionKey<'a>(&'a str, u32);
+
+impl quick_cache::Equivalent<(String, u32)> for VersionKey<'_> {
+    fn equivalent(&self, key: &(String, u32)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 /// The keyring.
 pub(crate) struct Keyring {
     store: KeyStore,
@@ -190,8 +201,8 @@ pub(crate) struct Keyring {
     limits: KeyringLimits,
     metas: quick_cache::sync::Cache<String, (Arc<KeyMeta>, Instant)>,
     versions: quick_cache::sync::Cache<(String, u32), Arc<VersionHandle>>,
-    /// Seals not yet written to the store.
-    pending_seals: Mutex<HashMap<(String, u32), u64>>,
+    /// Seals made but not yet written to the store, by key name, then version.
+    pending_seals: Mutex<HashMap<String, HashMap<u32, u64>>>,
     /// Serialises this process's changes to keys (replicas are serialised by revision).
     changes: tokio::sync::Mutex<()>,
     metrics: crate::metrics::EngineMetrics,
@@ -425,7 +436,7 @@ impl Keyring {
         self.store.save_config(&meta, event.as_ref()).await?;
         self.recorded();
         for version in destroyed {
-            self.versions.remove(&(name.to_owned(), version));
+            self.versions.remove(&VersionKey(name, version));
         }
         Ok(self.remember(meta))
     }
@@ -442,7 +453,7 @@ impl Keyring {
         self.recorded();
         self.metas.remove(name);
         for version in meta.versions.iter().map(|version| version.version) {
-            self.versions.remove(&(name.to_owned(), version));
+            self.versions.remove(&VersionKey(name, version));
         }
         Ok(())
     }
@@ -453,8 +464,7 @@ impl Keyring {
         meta: &KeyMeta,
         version: u32,
     ) -> Result<Arc<VersionHandle>, EngineError> {
-        let cache_key = (meta.name.clone(), version);
-        if let Some(handle) = self.versions.get(&cache_key) {
+        if let Some(handle) = self.versions.get(&VersionKey(&meta.name, version)) {
             return Ok(handle);
         }
         let wrapped = self
@@ -500,7 +510,8 @@ impl Keyring {
             material,
             seals: AtomicU64::new(seals + self.pending(&meta.name, version)),
         });
-        self.versions.insert(cache_key, Arc::clone(&handle));
+        self.versions
+            .insert((meta.name.clone(), version), Arc::clone(&handle));
         Ok(handle)
     }
 
@@ -585,9 +596,25 @@ impl Keyring {
         self.pending_seals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(name.to_owned(), version))
+            .get(name)
+            .and_then(|versions| versions.get(&version))
             .copied()
             .unwrap_or_default()
+    }
+
+    fn add_pending(&self, name: &str, version: u32, seals: u64) {
+        let mut pending = self
+            .pending_seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The name is copied only the first time: a hot key's seals are counted with no
+        // allocation.
+        match pending.get_mut(name) {
+            Some(versions) => *versions.entry(version).or_default() += seals,
+            None => {
+                pending.insert(name.to_owned(), HashMap::from([(version, seals)]));
+            }
+        }
     }
 
     /// Reserves `count` seals of `version`; refuses when the nonce budget would be
@@ -609,12 +636,7 @@ impl Keyring {
             )));
         }
         self.metrics.seals(before.saturating_add(count), budget);
-        *self
-            .pending_seals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((meta.name.clone(), version))
-            .or_default() += count;
+        self.add_pending(&meta.name, version, count);
         Ok(())
     }
 
@@ -622,13 +644,13 @@ impl Keyring {
     pub(crate) async fn seal_counts(&self, name: &str) -> Result<HashMap<u32, u64>, EngineError> {
         let mut counts: HashMap<u32, u64> =
             self.store.seal_counts(name).await?.into_iter().collect();
-        for ((key, version), seals) in self
+        if let Some(versions) = self
             .pending_seals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
+            .get(name)
         {
-            if key == name {
+            for (version, seals) in versions {
                 *counts.entry(*version).or_default() += seals;
             }
         }
@@ -643,15 +665,12 @@ impl Keyring {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for ((name, version), seals) in pending {
-            if self.store.add_seals(&name, version, seals).await.is_err() {
-                // Keep them for the next flush.
-                *self
-                    .pending_seals
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry((name, version))
-                    .or_default() += seals;
+        for (name, versions) in pending {
+            for (version, seals) in versions {
+                if self.store.add_seals(&name, version, seals).await.is_err() {
+                    // Keep them for the next flush.
+                    self.add_pending(&name, version, seals);
+                }
             }
         }
     }

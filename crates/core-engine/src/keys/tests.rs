@@ -721,3 +721,24 @@ async fn tampered_blob(url: &str, _: Backend) {
     let error = keyring(url, 2).await.rewrap_retired().await.unwrap_err();
     assert!(error.to_string().contains("(tampered v1)"), "{error}");
 }
+
+#[test]
+fn a_borrowed_version_key_finds_what_the_owned_one_stored() {
+    use std::hash::BuildHasher as _;
+
+    use quick_cache::Equivalent as _;
+
+    let state = std::collections::hash_map::RandomState::new();
+    assert_eq!(
+        state.hash_one(super::VersionKey("orders", 7)),
+        state.hash_one(("orders".to_owned(), 7_u32))
+    );
+    let owned = ("orders".to_owned(), 7_u32);
+    assert!(super::VersionKey("orders", 7).equivalent(&owned));
+    assert!(!super::VersionKey("orders", 8).equivalent(&owned));
+    assert!(!super::VersionKey("order", 7).equivalent(&owned));
+    let cache = quick_cache::sync::Cache::<(String, u32), u8>::new(4);
+    cache.insert(owned, 1);
+    assert_eq!(cache.get(&super::VersionKey("orders", 7)), Some(1));
+    assert_eq!(cache.get(&super::VersionKey("orders", 1)), None);
+}

@@ -48,7 +48,7 @@ async fn key_for(
     name: &str,
     able: fn(KeyType) -> bool,
     what: &str,
-    operation: &str,
+    operation: &'static str,
     items: usize,
 ) -> Result<std::sync::Arc<KeyMeta>, EngineError> {
     let meta = keyring.get(name).await?;
