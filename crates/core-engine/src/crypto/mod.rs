@@ -118,19 +118,7 @@ impl AeadKey {
                 &mut out[start..],
             )
             .map(|plaintext| plaintext.len());
-        match opened {
-            Ok(length) => {
-                out.truncate(start + length);
-                Ok(())
-            }
-            Err(_) => {
-                // What failed to open may hold the decrypted text (wrong associated
-                // data, say): wiped, not just forgotten.
-                zeroize::Zeroize::zeroize(&mut out[start..]);
-                out.truncate(start);
-                Err(EngineError::DecryptionFailed)
-            }
-        }
+        settle(opened, out, start)
     }
 
     /// Opens `nonce || ciphertext || tag` in its own buffer: the plaintext, with no
@@ -149,16 +137,7 @@ impl AeadKey {
                 NONCE_LEN..,
             )
             .map(|plaintext| plaintext.len());
-        match opened {
-            Ok(length) => {
-                body.truncate(length);
-                Ok(body)
-            }
-            Err(_) => {
-                zeroize::Zeroize::zeroize(&mut body);
-                Err(EngineError::DecryptionFailed)
-            }
-        }
+        settle(opened, &mut body, 0).map(|()| body)
     }
 
     /// Opens `ciphertext || tag` sealed under `nonce`.
@@ -221,6 +200,27 @@ impl AeadKey {
             .try_into()
             .map_err(|_| EngineError::DecryptionFailed)?;
         self.open_with_nonce(nonce, aad, sealed)
+    }
+}
+
+/// The end of opening `buffer[start..]` in place: `length` bytes of plaintext kept
+/// there, or, on failure, that part wiped and dropped (it may hold the text decrypted
+/// under the wrong associated data, say).
+fn settle(
+    opened: Result<usize, ring::error::Unspecified>,
+    buffer: &mut Vec<u8>,
+    start: usize,
+) -> Result<(), EngineError> {
+    match opened {
+        Ok(length) => {
+            buffer.truncate(start + length);
+            Ok(())
+        }
+        Err(_) => {
+            zeroize::Zeroize::zeroize(&mut buffer[start..]);
+            buffer.truncate(start);
+            Err(EngineError::DecryptionFailed)
+        }
     }
 }
 
@@ -426,4 +426,30 @@ pub(crate) fn random(rng: &SystemRandom, length: usize) -> Result<Zeroizing<Vec<
     let mut bytes = Zeroizing::new(vec![0_u8; length]);
     rng.fill(&mut bytes).map_err(|_| EngineError::Internal)?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_opens_in_its_own_buffer_and_anything_else_fails_the_same_way() {
+        let key = AeadKey::new(AeadAlg::Aes256Gcm, &[3; 32]).unwrap();
+        let body = key.seal_body([9; NONCE_LEN], b"ad", b"hello").unwrap();
+        assert_eq!(key.open_body(b"ad", body.clone()).unwrap(), b"hello");
+        assert_eq!(key.open(b"ad", &body).unwrap(), b"hello");
+        let mut tampered = body.clone();
+        tampered[NONCE_LEN] ^= 1;
+        let empty = key.seal_body([9; NONCE_LEN], b"", b"").unwrap();
+        for (aad, body) in [
+            (&b"other"[..], body.clone()),
+            (b"ad", tampered),
+            (b"ad", body[..NONCE_LEN + TAG_LEN - 1].to_vec()),
+            (b"ad", body[..NONCE_LEN - 1].to_vec()),
+            (b"ad", Vec::new()),
+        ] {
+            assert_eq!(key.open_body(aad, body), Err(EngineError::DecryptionFailed));
+        }
+        assert_eq!(key.open_body(b"", empty).unwrap(), b"");
+    }
 }
