@@ -24,7 +24,7 @@ help:
 	@echo "make eval-nl             score the English interpreter (plain and 5-fold cross-validated)"
 	@echo "make bench-nl            the interpreter's latency and model load against their budgets"
 	@echo "make bench-engine        core-engine against OpenSSL and numpy, same run, ratios"
-	@echo "make bench-engine-h2load the batched Encrypt RPC under h2load: server CPU per call"
+	@echo "make bench-engine-h2load batched Encrypt and Decrypt under h2load: server CPU per call"
 	@echo "make bench-controller    the event store on SQLite and PostgreSQL vs plain INSERT loops"
 	@echo "make bench-gateway       proxy-gateway against the real Envoy and nginx, same run, ratios"
 	@echo "make fuzz-nl             fuzz the interpreter (cargo-fuzz; FUZZ_SECONDS=300)"
@@ -119,7 +119,8 @@ bench-nl:
 bench-engine:
 	bash bench/engine/run.sh
 
-# The batched Encrypt RPC driven by h2load (C) instead of tonic: the server's CPU per call.
+# The batched Encrypt and Decrypt RPCs driven by h2load (C) instead of tonic: the server's
+# CPU per call.
 bench-engine-h2load:
 	bash bench/engine/h2load.sh
 

@@ -2,7 +2,8 @@
 # make bench-engine-h2load: the batched Encrypt RPC driven by h2load (nghttp2, written in C)
 # instead of a tonic client, to see what the server alone spends per call.
 # One release core-engine on 127.0.0.1:18200 (a fresh SQLite key store), one key; h2load
-# posts pre-encoded gRPC requests (64 × 1 KiB items, and a 64 KiB Echo for comparison)
+# posts pre-encoded gRPC requests (64 × 1 KiB items to Encrypt, their 64 ciphertexts to
+# Decrypt, and a 64 KiB Echo for comparison)
 # for H2LOAD_D seconds. Prints calls/s, items/s and the server's CPU time per call (from
 # /proc/<pid>/stat, user + system), and for Encrypt what the server alone would answer on
 # every core against the in-process sealing of the last `make bench-engine`, if there was one.
@@ -49,8 +50,45 @@ url=http://127.0.0.1:18200/omnimesh.engine.v1.Engine
 grpc=(-H content-type:application/grpc -H te:trailers)
 h2load -n 1 -c 1 "${grpc[@]}" -d "$work/create.bin" "$url/CreateKey" | grep -q "1 succeeded" \
   || { echo "CreateKey failed" >&2; exit 1; }
+# A Decrypt request of 64 real ciphertexts: one Encrypt answer (nghttp saves it), its
+# EncryptResult.ciphertext fields (2) as DecryptItem.ciphertext (1) in
+# DecryptRequest{key_name, items (2)}.
+nghttp "${grpc[@]}" -d "$work/encrypt64.bin" "$url/Encrypt" >"$work/encrypted.bin"
+python3 - "$work" <<'PY'
+import struct, sys
+work = sys.argv[1]
+data = open(f"{work}/encrypted.bin", "rb").read()
+message = data[5:5 + struct.unpack(">I", data[1:5])[0]]
+def varint(buf, i):
+    n = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+def fields(buf):
+    i = 0
+    while i < len(buf):
+        key, i = varint(buf, i)
+        value, i = varint(buf, i)
+        if key & 7 == 2:
+            yield key >> 3, buf[i:i + value]
+            i += value
+def field(number, payload):
+    out, n = b"", len(payload)
+    while n > 0x7F:
+        out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+    return bytes([number << 3 | 2]) + out + bytes([n]) + payload
+ciphertexts = [dict(fields(result)).get(2) for number, result in fields(message) if number == 1]
+assert len(ciphertexts) == 64 and all(c and c.startswith(b"omnimesh:v1:") for c in ciphertexts), \
+    "the Encrypt answer did not carry 64 ciphertexts"
+request = field(1, b"bench") + b"".join(field(2, field(1, c)) for c in ciphertexts)
+open(f"{work}/decrypt64.bin", "wb").write(b"\0" + struct.pack(">I", len(request)) + request)
+PY
 cpu() { awk '{print $14 + $15}' "/proc/$engine/stat"; }
-for call in Encrypt:encrypt64.bin Echo:echo64k.bin; do
+for call in Encrypt:encrypt64.bin Decrypt:decrypt64.bin Echo:echo64k.bin; do
   method=${call%%:*}; body=${call#*:}
   before=$(cpu)
   out=$(h2load -D "$H2LOAD_D" -c "$H2LOAD_C" -m "$H2LOAD_M" -t 1 "${grpc[@]}" -d "$work/$body" "$url/$method")
