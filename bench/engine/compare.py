@@ -66,6 +66,16 @@ if echo64 is not None:
         "as 1 KiB items", f"{echo64 * 64:,.0f} items/s", "in-process sealing, as above",
         f"{inproc:,.0f} items/s", echo64 * 64 / inproc)
 
+# Context, no floor: the batched Decrypt of 64 ciphertexts against in-process opening
+# of 64 ciphertexts as Decrypt opens them, rounds alternating (since the seventeenth session).
+decrypt = ours.get("rpc_decrypt_64x1KiB_8_in_flight_items_per_s")
+opened = ours.get("open_aes256gcm_1KiB_1core_items_per_s_alongside_rpc")
+if decrypt is not None and opened is not None:
+    row("Decrypt RPC, 64 × 1 KiB items per call, 8 in flight", f"{decrypt:,.0f} items/s",
+        "in-process opening of 1 KiB ciphertexts as Decrypt does (strict base64, opened in "
+        "place), 1 core, in rounds alternating with the RPC's", f"{opened:,.0f} items/s",
+        decrypt / opened)
+
 # Context, no floor: one EncryptStream call (64 MiB in 64 KiB pieces), then one
 # DecryptStream call of its output, against the bytes an Echo of 64 KiB carries each way
 # with 8 calls in flight.

@@ -333,160 +333,237 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime");
-        let (echo, echo_64k, encrypt_1, encrypt_64, sealed_alongside, stream, decrypt_stream) =
-            runtime.block_on(async {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let app = App::build(Config::for_test(dir.path()))
-                    .await
-                    .expect("engine");
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                let addr = listener.local_addr().expect("addr");
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let server = tokio::spawn(app.serve(listener, async {
-                    let _ = stopped.await;
-                }));
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("endpoint")
-                    .initial_stream_window_size(1 << 20)
-                    .initial_connection_window_size(4 << 20)
-                    .max_frame_size(omnimesh_common::server::MAX_FRAME_SIZE_DEFAULT)
-                    .connect()
-                    .await
-                    .expect("connect");
-                let mut client = EngineClient::new(channel);
-                client
-                    .create_key(CreateKeyRequest {
-                        name: "bench".into(),
-                        ..CreateKeyRequest::default()
-                    })
-                    .await
-                    .expect("key");
-                let payload = vec![0x5a_u8; 1024];
-                // Echo calls per second: `size` bytes each way, `in_flight` at once.
-                let echo_round = |size: usize, in_flight: usize| -> Round {
-                    let request = EchoRequest {
-                        payload: vec![0x5a_u8; size].into(),
-                    };
-                    let client = client.clone();
-                    Box::new(move || {
-                        let (client, request) = (client.clone(), request.clone());
-                        Box::pin(rpc_round(window, in_flight, move || {
-                            let (mut client, request) = (client.clone(), request.clone());
-                            async move {
-                                client.echo(request).await.expect("echo");
-                                1
-                            }
-                        }))
-                    })
+        let (
+            echo,
+            echo_64k,
+            encrypt_1,
+            encrypt_64,
+            sealed_alongside,
+            stream,
+            decrypt_stream,
+            decrypt_64,
+            opened_alongside,
+        ) = runtime.block_on(async {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let app = App::build(Config::for_test(dir.path()))
+                .await
+                .expect("engine");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(app.serve(listener, async {
+                let _ = stopped.await;
+            }));
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(4 << 20)
+                .max_frame_size(omnimesh_common::server::MAX_FRAME_SIZE_DEFAULT)
+                .connect()
+                .await
+                .expect("connect");
+            let mut client = EngineClient::new(channel);
+            client
+                .create_key(CreateKeyRequest {
+                    name: "bench".into(),
+                    ..CreateKeyRequest::default()
+                })
+                .await
+                .expect("key");
+            let payload = vec![0x5a_u8; 1024];
+            // Echo calls per second: `size` bytes each way, `in_flight` at once.
+            let echo_round = |size: usize, in_flight: usize| -> Round {
+                let request = EchoRequest {
+                    payload: vec![0x5a_u8; size].into(),
                 };
-                // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
-                let encrypt_round = |batch: usize, in_flight: usize| -> Round {
-                    let items = vec![
-                        EncryptItem {
-                            plaintext: payload.clone().into(),
-                            ..EncryptItem::default()
-                        };
-                        batch
-                    ];
+                let client = client.clone();
+                Box::new(move || {
+                    let (client, request) = (client.clone(), request.clone());
+                    Box::pin(rpc_round(window, in_flight, move || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move {
+                            client.echo(request).await.expect("echo");
+                            1
+                        }
+                    }))
+                })
+            };
+            // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
+            let encrypt_round = |batch: usize, in_flight: usize| -> Round {
+                let items = vec![
+                    EncryptItem {
+                        plaintext: payload.clone().into(),
+                        ..EncryptItem::default()
+                    };
+                    batch
+                ];
+                let client = client.clone();
+                Box::new(move || {
+                    let (client, items) = (client.clone(), items.clone());
+                    Box::pin(rpc_round(window, in_flight, move || {
+                        let (mut client, items) = (client.clone(), items.clone());
+                        async move {
+                            client
+                                .encrypt(EncryptRequest {
+                                    key_name: "bench".into(),
+                                    key_version: 0,
+                                    items,
+                                })
+                                .await
+                                .expect("encrypt");
+                            batch as u64
+                        }
+                    }))
+                })
+            };
+            // Each measurement in turn with its baseline.
+            let (echo, encrypt_1) = if single {
+                let rates = alternating(vec![echo_round(1024, 64), encrypt_round(1, 64)]).await;
+                (rates[0], rates[1])
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+            // The batched Encrypt, in turn with in-process sealing of the same items
+            // (one core, as the `seal` part measures it) and with an Echo of the
+            // request's size (the transport alone, for context).
+            let (encrypt_64, sealed_alongside, echo_64k) = if batched {
+                let mut kinds = vec![encrypt_round(64, 8)];
+                kinds.push(Box::new(move || {
+                    let sealer = Sealer::new();
+                    let batch = vec![vec![0x5a_u8; 1024]; 64];
+                    let rate = rate_once(window, || {
+                        black_box(sealer.seal_batch(black_box(&batch)));
+                        batch.len() as u64
+                    });
+                    Box::pin(std::future::ready(rate))
+                }));
+                if all_rpc {
+                    kinds.push(echo_round(64 * 1024, 8));
+                }
+                let rates = alternating(kinds).await;
+                (
+                    rates[0],
+                    rates[1],
+                    rates.get(2).copied().unwrap_or(f64::NAN),
+                )
+            } else {
+                (f64::NAN, f64::NAN, f64::NAN)
+            };
+            // The batched Decrypt of 64 ciphertexts of this server's key (one Encrypt
+            // answer), in turn with in-process opening of 64 ciphertexts as Decrypt
+            // opens them (one core).
+            let (decrypt_64, opened_alongside) = if batched {
+                let sealed = client
+                    .clone()
+                    .encrypt(EncryptRequest {
+                        key_name: "bench".into(),
+                        key_version: 0,
+                        items: vec![
+                            EncryptItem {
+                                plaintext: payload.clone().into(),
+                                ..EncryptItem::default()
+                            };
+                            64
+                        ],
+                    })
+                    .await
+                    .expect("encrypt")
+                    .into_inner();
+                let items: Vec<DecryptItem> = sealed
+                    .results
+                    .into_iter()
+                    .map(|result| match result.outcome {
+                        Some(encrypt_result::Outcome::Ciphertext(ciphertext)) => DecryptItem {
+                            ciphertext,
+                            ..DecryptItem::default()
+                        },
+                        other => panic!("an item was not encrypted: {other:?}"),
+                    })
+                    .collect();
+                let decrypt_round: Round = {
                     let client = client.clone();
                     Box::new(move || {
                         let (client, items) = (client.clone(), items.clone());
-                        Box::pin(rpc_round(window, in_flight, move || {
+                        Box::pin(rpc_round(window, 8, move || {
                             let (mut client, items) = (client.clone(), items.clone());
                             async move {
-                                client
-                                    .encrypt(EncryptRequest {
+                                let answer = client
+                                    .decrypt(DecryptRequest {
                                         key_name: "bench".into(),
-                                        key_version: 0,
                                         items,
                                     })
                                     .await
-                                    .expect("encrypt");
-                                batch as u64
+                                    .expect("decrypt")
+                                    .into_inner();
+                                assert!(answer.results.iter().all(|result| matches!(
+                                    &result.outcome,
+                                    Some(decrypt_result::Outcome::Plaintext(plaintext))
+                                        if plaintext.len() == 1024
+                                )));
+                                answer.results.len() as u64
                             }
                         }))
                     })
                 };
-                // Each measurement in turn with its baseline.
-                let (echo, encrypt_1) = if single {
-                    let rates = alternating(vec![echo_round(1024, 64), encrypt_round(1, 64)]).await;
-                    (rates[0], rates[1])
-                } else {
-                    (f64::NAN, f64::NAN)
+                let opening: Round = Box::new(move || {
+                    let sealer = Sealer::new();
+                    let ciphertexts = sealer.seal_batch(&vec![vec![0x5a_u8; 1024]; 64]);
+                    let rate = rate_once(window, || {
+                        assert_eq!(sealer.open_batch(black_box(&ciphertexts)), 64 * 1024);
+                        ciphertexts.len() as u64
+                    });
+                    Box::pin(std::future::ready(rate))
+                });
+                let rates = alternating(vec![decrypt_round, opening]).await;
+                (rates[0], rates[1])
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+            // Plaintext bytes per second through one EncryptStream call (64 MiB in 64 KiB
+            // pieces, the response read to its end), then through one DecryptStream call
+            // of what it returned, piece for piece.
+            let (stream, decrypt_stream) = if streamed {
+                const PIECE: usize = 64 * 1024;
+                const PIECES: usize = 1024;
+                let header = || StreamChunk {
+                    part: Some(stream_chunk::Part::Header(StreamHeader {
+                        key_name: "bench".into(),
+                        ..StreamHeader::default()
+                    })),
                 };
-                // The batched Encrypt, in turn with in-process sealing of the same items
-                // (one core, as the `seal` part measures it) and with an Echo of the
-                // request's size (the transport alone, for context).
-                let (encrypt_64, sealed_alongside, echo_64k) = if batched {
-                    let mut kinds = vec![encrypt_round(64, 8)];
-                    kinds.push(Box::new(move || {
-                        let sealer = Sealer::new();
-                        let batch = vec![vec![0x5a_u8; 1024]; 64];
-                        let rate = rate_once(window, || {
-                            black_box(sealer.seal_batch(black_box(&batch)));
-                            batch.len() as u64
-                        });
-                        Box::pin(std::future::ready(rate))
-                    }));
-                    if all_rpc {
-                        kinds.push(echo_round(64 * 1024, 8));
-                    }
-                    let rates = alternating(kinds).await;
-                    (
-                        rates[0],
-                        rates[1],
-                        rates.get(2).copied().unwrap_or(f64::NAN),
-                    )
-                } else {
-                    (f64::NAN, f64::NAN, f64::NAN)
-                };
-                // Plaintext bytes per second through one EncryptStream call (64 MiB in 64 KiB
-                // pieces, the response read to its end), then through one DecryptStream call
-                // of what it returned, piece for piece.
-                let (stream, decrypt_stream) =
-                    if streamed {
-                        const PIECE: usize = 64 * 1024;
-                        const PIECES: usize = 1024;
-                        let header = || StreamChunk {
-                            part: Some(stream_chunk::Part::Header(StreamHeader {
-                                key_name: "bench".into(),
-                                ..StreamHeader::default()
-                            })),
-                        };
-                        // Runs one call over `header` and `pieces`; the data pieces of its answer.
-                        let call = |decrypt: bool, pieces: Vec<Vec<u8>>| {
-                            let mut client = client.clone();
-                            async move {
-                                let input = tokio_stream::iter(std::iter::once(header()).chain(
-                                    pieces.into_iter().map(|piece| StreamChunk {
-                                        part: Some(stream_chunk::Part::Data(piece)),
-                                    }),
-                                ));
-                                let mut output = if decrypt {
-                                    client.decrypt_stream(input).await
-                                } else {
-                                    client.encrypt_stream(input).await
-                                }
-                                .expect("stream call")
-                                .into_inner();
-                                let mut out = Vec::new();
-                                while let Some(message) =
-                                    output.message().await.expect("stream message")
-                                {
-                                    if let Some(stream_chunk::Part::Data(data)) = message.part {
-                                        out.push(data);
-                                    }
-                                }
-                                out
+                // Runs one call over `header` and `pieces`; the data pieces of its answer.
+                let call = |decrypt: bool, pieces: Vec<Vec<u8>>| {
+                    let mut client = client.clone();
+                    async move {
+                        let input = tokio_stream::iter(std::iter::once(header()).chain(
+                            pieces.into_iter().map(|piece| StreamChunk {
+                                part: Some(stream_chunk::Part::Data(piece)),
+                            }),
+                        ));
+                        let mut output = if decrypt {
+                            client.decrypt_stream(input).await
+                        } else {
+                            client.encrypt_stream(input).await
+                        }
+                        .expect("stream call")
+                        .into_inner();
+                        let mut out = Vec::new();
+                        while let Some(message) = output.message().await.expect("stream message") {
+                            if let Some(stream_chunk::Part::Data(data)) = message.part {
+                                out.push(data);
                             }
-                        };
-                        // Plaintext bytes per second of one call over `input`, whose answer
-                        // must carry a number of bytes in `expected`.
-                        let timed = |decrypt: bool,
-                                 input: &Vec<Vec<u8>>,
-                                 expected: std::ops::RangeInclusive<usize>| {
+                        }
+                        out
+                    }
+                };
+                // Plaintext bytes per second of one call over `input`, whose answer
+                // must carry a number of bytes in `expected`.
+                let timed =
+                    |decrypt: bool,
+                     input: &Vec<Vec<u8>>,
+                     expected: std::ops::RangeInclusive<usize>| {
                         let input = input.clone();
                         async move {
                             let start = Instant::now();
@@ -496,33 +573,31 @@ fn main() {
                             (PIECES * PIECE) as f64 / elapsed
                         }
                     };
-                        let plaintext = vec![vec![0x5a_u8; PIECE]; PIECES];
-                        // Sealed, the answer is longer than the plaintext; opened, as long.
-                        let encrypt = warm_median(|| {
-                            timed(false, &plaintext, PIECES * PIECE + 1..=usize::MAX)
-                        })
-                        .await;
-                        let ciphertext = call(false, plaintext).await;
-                        let decrypt = warm_median(|| {
-                            timed(true, &ciphertext, PIECES * PIECE..=PIECES * PIECE)
-                        })
-                        .await;
-                        (encrypt, decrypt)
-                    } else {
-                        (f64::NAN, f64::NAN)
-                    };
-                let _ = stop.send(());
-                server.await.expect("server task").expect("server");
-                (
-                    echo,
-                    echo_64k,
-                    encrypt_1,
-                    encrypt_64,
-                    sealed_alongside,
-                    stream,
-                    decrypt_stream,
-                )
-            });
+                let plaintext = vec![vec![0x5a_u8; PIECE]; PIECES];
+                // Sealed, the answer is longer than the plaintext; opened, as long.
+                let encrypt =
+                    warm_median(|| timed(false, &plaintext, PIECES * PIECE + 1..=usize::MAX)).await;
+                let ciphertext = call(false, plaintext).await;
+                let decrypt =
+                    warm_median(|| timed(true, &ciphertext, PIECES * PIECE..=PIECES * PIECE)).await;
+                (encrypt, decrypt)
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+            let _ = stop.send(());
+            server.await.expect("server task").expect("server");
+            (
+                echo,
+                echo_64k,
+                encrypt_1,
+                encrypt_64,
+                sealed_alongside,
+                stream,
+                decrypt_stream,
+                decrypt_64,
+                opened_alongside,
+            )
+        });
 
         if single {
             out.insert("rpc_echo_1KiB_64_in_flight_per_s".into(), json!(echo));
@@ -542,6 +617,14 @@ fn main() {
             out.insert(
                 "seal_aes256gcm_1KiB_1core_items_per_s_alongside_rpc".into(),
                 json!(sealed_alongside),
+            );
+            out.insert(
+                "rpc_decrypt_64x1KiB_8_in_flight_items_per_s".into(),
+                json!(decrypt_64),
+            );
+            out.insert(
+                "open_aes256gcm_1KiB_1core_items_per_s_alongside_rpc".into(),
+                json!(opened_alongside),
             );
         }
         if streamed {

@@ -245,6 +245,22 @@ pub mod bench_support {
                 .collect()
         }
 
+        /// Opens a batch as Decrypt does: each ciphertext parsed (strict base64) and
+        /// opened in the buffer it was decoded into, under its version's associated
+        /// data; the plaintext bytes.
+        pub fn open_batch(&self, ciphertexts: &[String]) -> usize {
+            let mut aad = Vec::new();
+            ciphertexts
+                .iter()
+                .map(|text| {
+                    let (version, body) =
+                        envelope::parse("ciphertext", text).expect("a ciphertext");
+                    envelope::aad_into(version, b"", &mut aad);
+                    self.key.open_body(&aad, body).expect("opening").len()
+                })
+                .sum()
+        }
+
         /// Encrypts a message given in `pieces` as EncryptStream does (chunked
         /// encryption, 16 KiB chunks), handing `each` the header, then each piece's
         /// output, then the end's.
