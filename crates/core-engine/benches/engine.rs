@@ -322,7 +322,7 @@ fn main() {
         out.insert("matmul_GFLOP_per_s".into(), json!(gflops));
     }
 
-    // "rpc1" runs only the 1 KiB Echo and Encrypt, "rpc64" only the batched Encrypt,
+    // "rpc1" runs only the 1 KiB Echo and Encrypt, "rpc64" only the batched Encrypt and Decrypt,
     // "stream" only the stream calls (for profiling).
     let all_rpc = wanted("rpc");
     let single = all_rpc || wanted("rpc1");
