@@ -333,17 +333,7 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime");
-        let (
-            echo,
-            echo_64k,
-            encrypt_1,
-            encrypt_64,
-            sealed_alongside,
-            stream,
-            decrypt_stream,
-            decrypt_64,
-            opened_alongside,
-        ) = runtime.block_on(async {
+        let rates = runtime.block_on(async {
             let dir = tempfile::tempdir().expect("temp dir");
             let app = App::build(Config::for_test(dir.path()))
                 .await
@@ -586,54 +576,46 @@ fn main() {
             };
             let _ = stop.send(());
             server.await.expect("server task").expect("server");
-            (
-                echo,
-                echo_64k,
-                encrypt_1,
-                encrypt_64,
-                sealed_alongside,
-                stream,
-                decrypt_stream,
-                decrypt_64,
-                opened_alongside,
-            )
+            // Each figure under its key, for the parts that ran.
+            let mut rates = serde_json::Map::new();
+            if single {
+                rates.insert("rpc_echo_1KiB_64_in_flight_per_s".into(), json!(echo));
+                rates.insert(
+                    "rpc_encrypt_1KiB_64_in_flight_per_s".into(),
+                    json!(encrypt_1),
+                );
+            }
+            if all_rpc {
+                rates.insert("rpc_echo_64KiB_8_in_flight_per_s".into(), json!(echo_64k));
+            }
+            if batched {
+                rates.insert(
+                    "rpc_encrypt_64x1KiB_8_in_flight_items_per_s".into(),
+                    json!(encrypt_64),
+                );
+                rates.insert(
+                    "seal_aes256gcm_1KiB_1core_items_per_s_alongside_rpc".into(),
+                    json!(sealed_alongside),
+                );
+                rates.insert(
+                    "rpc_decrypt_64x1KiB_8_in_flight_items_per_s".into(),
+                    json!(decrypt_64),
+                );
+                rates.insert(
+                    "open_aes256gcm_1KiB_1core_items_per_s_alongside_rpc".into(),
+                    json!(opened_alongside),
+                );
+            }
+            if streamed {
+                rates.insert("rpc_encrypt_stream_64MiB_bytes_per_s".into(), json!(stream));
+                rates.insert(
+                    "rpc_decrypt_stream_64MiB_bytes_per_s".into(),
+                    json!(decrypt_stream),
+                );
+            }
+            rates
         });
-
-        if single {
-            out.insert("rpc_echo_1KiB_64_in_flight_per_s".into(), json!(echo));
-            out.insert(
-                "rpc_encrypt_1KiB_64_in_flight_per_s".into(),
-                json!(encrypt_1),
-            );
-        }
-        if all_rpc {
-            out.insert("rpc_echo_64KiB_8_in_flight_per_s".into(), json!(echo_64k));
-        }
-        if batched {
-            out.insert(
-                "rpc_encrypt_64x1KiB_8_in_flight_items_per_s".into(),
-                json!(encrypt_64),
-            );
-            out.insert(
-                "seal_aes256gcm_1KiB_1core_items_per_s_alongside_rpc".into(),
-                json!(sealed_alongside),
-            );
-            out.insert(
-                "rpc_decrypt_64x1KiB_8_in_flight_items_per_s".into(),
-                json!(decrypt_64),
-            );
-            out.insert(
-                "open_aes256gcm_1KiB_1core_items_per_s_alongside_rpc".into(),
-                json!(opened_alongside),
-            );
-        }
-        if streamed {
-            out.insert("rpc_encrypt_stream_64MiB_bytes_per_s".into(), json!(stream));
-            out.insert(
-                "rpc_decrypt_stream_64MiB_bytes_per_s".into(),
-                json!(decrypt_stream),
-            );
-        }
+        out.extend(rates);
     }
 
     println!("{}", serde_json::Value::Object(out));
