@@ -21,11 +21,26 @@ venv="$root/.venv"
 "$venv/bin/python" -c 'import numpy, threadpoolctl' 2>/dev/null \
   || "$venv/bin/pip" install --quiet --disable-pip-version-check numpy threadpoolctl
 
-echo "== core-engine (cargo bench -p core-engine --bench engine)" >&2
-cargo bench -q -p core-engine --bench engine -- "${quick[@]}" | tail -n 1 > "$out/ours.json"
-
-echo "== baselines (shared/bench/engine/baseline.sh ${baseline_args[*]})" >&2
-PATH="$venv/bin:$PATH" BASELINE_JSON="$out/baseline.json" \
-  bash "$shared/bench/engine/baseline.sh" "${baseline_args[@]}" > "$out/baseline.md"
+# Crypto and RPCs once, against OpenSSL once (the RPC rows alternate with their own
+# baselines inside the benchmark).
+echo "== core-engine: sealing and RPCs (cargo bench -p core-engine --bench engine)" >&2
+ENGINE_BENCH_ONLY=seal,rpc cargo bench -q -p core-engine --bench engine -- "${quick[@]}" \
+  | tail -n 1 > "$out/ours-crypto.json"
+echo "== baselines: openssl speed (shared/bench/engine/baseline.sh ${baseline_args[*]} --skip-numpy)" >&2
+PATH="$venv/bin:$PATH" BASELINE_JSON="$out/baseline-openssl.json" \
+  bash "$shared/bench/engine/baseline.sh" "${baseline_args[@]}" --skip-numpy > "$out/baseline-openssl.md"
+# Analyze, sort and GEMM against numpy in alternating rounds (ours, numpy, ours, …), so
+# that a slow spell of this shared machine falls on both; medians over the rounds.
+rounds=${ENGINE_BENCH_ROUNDS:-3}
+[[ "${BENCH_QUICK:-}" == 1 ]] && rounds=1
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round of $rounds: core-engine's Analyze, sort and GEMM, then numpy's" >&2
+  ENGINE_BENCH_ONLY=analyze,sort,matmul cargo bench -q -p core-engine --bench engine -- "${quick[@]}" \
+    | tail -n 1 > "$out/ours-kernels-$round.json"
+  PATH="$venv/bin:$PATH" BASELINE_JSON="$out/baseline-numpy-$round.json" \
+    bash "$shared/bench/engine/baseline.sh" "${baseline_args[@]}" --skip-openssl \
+    > "$out/baseline-numpy-$round.md"
+done
+"$venv/bin/python" bench/engine/merge.py "$out" "$rounds"
 
 "$venv/bin/python" bench/engine/compare.py "$out/ours.json" "$out/baseline.json" | tee "$out/results.md"
