@@ -162,6 +162,20 @@ where
 /// A kind of round to alternate with others: one timed run, its rate.
 type Round = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = f64>>>>;
 
+/// A round of RPCs: each of `in_flight` callers makes `call` with its own copy of
+/// `state` (a client and a request) for `window`; the items done per second.
+fn calls_round<S, F, Fut>(window: Duration, in_flight: usize, state: S, call: F) -> Round
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    Box::new(move || {
+        let (state, call) = (state.clone(), call.clone());
+        Box::pin(rpc_round(window, in_flight, move || call(state.clone())))
+    })
+}
+
 /// The median rate of each kind of round over `REPEATS` rounds, the kinds taken in turn
 /// (a, b, a, b, …) after a warm-up round of each, so that a slow spell of this shared
 /// machine falls on a measurement and its baseline alike.
@@ -368,17 +382,15 @@ fn main() {
                 let request = EchoRequest {
                     payload: vec![0x5a_u8; size].into(),
                 };
-                let client = client.clone();
-                Box::new(move || {
-                    let (client, request) = (client.clone(), request.clone());
-                    Box::pin(rpc_round(window, in_flight, move || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move {
-                            client.echo(request).await.expect("echo");
-                            1
-                        }
-                    }))
-                })
+                calls_round(
+                    window,
+                    in_flight,
+                    (client.clone(), request),
+                    |(mut client, request)| async move {
+                        client.echo(request).await.expect("echo");
+                        1
+                    },
+                )
             };
             // Items encrypted per second: calls of `batch` 1 KiB items, `in_flight` at once.
             let encrypt_round = |batch: usize, in_flight: usize| -> Round {
@@ -389,24 +401,22 @@ fn main() {
                     };
                     batch
                 ];
-                let client = client.clone();
-                Box::new(move || {
-                    let (client, items) = (client.clone(), items.clone());
-                    Box::pin(rpc_round(window, in_flight, move || {
-                        let (mut client, items) = (client.clone(), items.clone());
-                        async move {
-                            client
-                                .encrypt(EncryptRequest {
-                                    key_name: "bench".into(),
-                                    key_version: 0,
-                                    items,
-                                })
-                                .await
-                                .expect("encrypt");
-                            batch as u64
-                        }
-                    }))
-                })
+                calls_round(
+                    window,
+                    in_flight,
+                    (client.clone(), items),
+                    move |(mut client, items)| async move {
+                        client
+                            .encrypt(EncryptRequest {
+                                key_name: "bench".into(),
+                                key_version: 0,
+                                items,
+                            })
+                            .await
+                            .expect("encrypt");
+                        batch as u64
+                    },
+                )
             };
             // Each measurement in turn with its baseline.
             let (echo, encrypt_1) = if single {
@@ -472,31 +482,27 @@ fn main() {
                         other => panic!("an item was not encrypted: {other:?}"),
                     })
                     .collect();
-                let decrypt_round: Round = {
-                    let client = client.clone();
-                    Box::new(move || {
-                        let (client, items) = (client.clone(), items.clone());
-                        Box::pin(rpc_round(window, 8, move || {
-                            let (mut client, items) = (client.clone(), items.clone());
-                            async move {
-                                let answer = client
-                                    .decrypt(DecryptRequest {
-                                        key_name: "bench".into(),
-                                        items,
-                                    })
-                                    .await
-                                    .expect("decrypt")
-                                    .into_inner();
-                                assert!(answer.results.iter().all(|result| matches!(
-                                    &result.outcome,
-                                    Some(decrypt_result::Outcome::Plaintext(plaintext))
-                                        if plaintext.len() == 1024
-                                )));
-                                answer.results.len() as u64
-                            }
-                        }))
-                    })
-                };
+                let decrypt_round = calls_round(
+                    window,
+                    8,
+                    (client.clone(), items),
+                    |(mut client, items)| async move {
+                        let answer = client
+                            .decrypt(DecryptRequest {
+                                key_name: "bench".into(),
+                                items,
+                            })
+                            .await
+                            .expect("decrypt")
+                            .into_inner();
+                        assert!(answer.results.iter().all(|result| matches!(
+                            &result.outcome,
+                            Some(decrypt_result::Outcome::Plaintext(plaintext))
+                                if plaintext.len() == 1024
+                        )));
+                        answer.results.len() as u64
+                    },
+                );
                 let opening: Round = Box::new(move || {
                     let sealer = Sealer::new();
                     let ciphertexts = sealer.seal_batch(&vec![vec![0x5a_u8; 1024]; 64]);
