@@ -58,6 +58,15 @@ row("Encrypt RPC, 64 × 1 KiB items per call, 8 in flight", f"{batch:,.0f} items
     + (", in rounds alternating with the RPC's" if alongside else ""),
     f"{inproc:,.0f} items/s", batch / inproc, 0.5)
 
+# Context, no floor: the batched Encrypt's work and bytes over bare loopback sockets (one
+# connection per core; no HTTP/2, protobuf or async runtime), rounds alternating with the
+# RPC's: the ceiling of any Encrypt RPC on this machine with the client on the same cores.
+bare = ours.get("bare_socket_encrypt_64x1KiB_8_in_flight_items_per_s")
+if bare is not None:
+    row("Encrypt's work and bytes over bare loopback sockets, 64 × 1 KiB per request, 8 in "
+        "flight (the ceiling for the row above)", f"{bare:,.0f} items/s",
+        "in-process sealing, as above", f"{inproc:,.0f} items/s", bare / inproc)
+
 # Context, no floor: the transport alone at the batched call's size (an Echo of 64 KiB,
 # no crypto) counted as 1 KiB items, against the same in-process sealing.
 echo64 = ours.get("rpc_echo_64KiB_8_in_flight_per_s")

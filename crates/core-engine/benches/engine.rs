@@ -192,6 +192,94 @@ async fn alternating(mut kinds: Vec<Round>) -> Vec<f64> {
     runs.into_iter().map(median).collect()
 }
 
+/// Items per second of Encrypt's work and bytes with nothing between them and loopback
+/// sockets: per connection, a thread reads 64 × 1 KiB of plaintext, seals it as Encrypt
+/// does and writes the 64 envelopes back, for a client that keeps its share of
+/// `in_flight` such requests outstanding (one thread writing, one reading). One
+/// connection per core, so that sealing uses every core, as the server's tasks do. No
+/// HTTP/2, protobuf or async runtime: the ceiling of any Encrypt RPC of these batches on
+/// this machine, client on the same cores.
+fn bare_socket_encrypt(window: Duration, in_flight: usize, connections: usize) -> f64 {
+    let start = Instant::now();
+    let calls: Vec<_> = (0..connections)
+        .map(|_| {
+            std::thread::spawn(move || {
+                bare_socket_connection(start, window, in_flight / connections)
+            })
+        })
+        .collect();
+    let done: u64 = calls
+        .into_iter()
+        .map(|c| c.join().expect("connection"))
+        .sum();
+    (done * BARE_ITEMS as u64) as f64 / start.elapsed().as_secs_f64()
+}
+
+const BARE_ITEMS: usize = 64;
+
+/// One connection of [`bare_socket_encrypt`]: the calls answered until `window` is over.
+fn bare_socket_connection(start: Instant, window: Duration, in_flight: usize) -> u64 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    const ITEM: usize = 1024;
+    let sealer = Sealer::new();
+    let answer_len: usize = sealer
+        .seal_batch(&vec![[0_u8; ITEM]; BARE_ITEMS])
+        .iter()
+        .map(String::len)
+        .sum();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("accept");
+        socket.set_nodelay(true).expect("nodelay");
+        let mut request = vec![0_u8; BARE_ITEMS * ITEM];
+        let mut answer = Vec::with_capacity(answer_len);
+        while socket.read_exact(&mut request).is_ok() {
+            let items: Vec<&[u8]> = request.chunks(ITEM).collect();
+            answer.clear();
+            for envelope in sealer.seal_batch(&items) {
+                answer.extend_from_slice(envelope.as_bytes());
+            }
+            if socket.write_all(&answer).is_err() {
+                break;
+            }
+        }
+    });
+    let mut socket = TcpStream::connect(addr).expect("connect");
+    socket.set_nodelay(true).expect("nodelay");
+    let mut sending = socket.try_clone().expect("clone");
+    // One token per request that may be outstanding; each answer read returns one.
+    let (tokens, token) = std::sync::mpsc::sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        tokens.send(()).expect("token");
+    }
+    let writer = std::thread::spawn(move || {
+        let request = vec![0x5a_u8; BARE_ITEMS * ITEM];
+        while token.recv().is_ok() {
+            if sending.write_all(&request).is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = vec![0_u8; answer_len];
+    let mut done = 0;
+    while start.elapsed() < window {
+        socket.read_exact(&mut answer).expect("answer");
+        assert!(answer.starts_with(b"omnimesh:v1:"), "an envelope came back");
+        done += 1;
+        tokens.send(()).expect("token");
+    }
+    // Shutting the socket down wakes a blocked write; closing it with answers unread
+    // resets the connection, which ends the server's loop.
+    let _ = socket.shutdown(Shutdown::Both);
+    drop(tokens);
+    writer.join().expect("writer");
+    drop(socket);
+    server.join().expect("server");
+    done
+}
+
 fn main() {
     // As the service binary starts (glibc's copy routine on AMD CPUs).
     omnimesh_common::platform::tune_process();
@@ -426,9 +514,10 @@ fn main() {
                 (f64::NAN, f64::NAN)
             };
             // The batched Encrypt, in turn with in-process sealing of the same items
-            // (one core, as the `seal` part measures it) and with an Echo of the
+            // (one core, as the `seal` part measures it), with the same work and bytes
+            // over a bare socket (the ceiling, for context) and with an Echo of the
             // request's size (the transport alone, for context).
-            let (encrypt_64, sealed_alongside, echo_64k) = if batched {
+            let (encrypt_64, sealed_alongside, bare_socket, echo_64k) = if batched {
                 let mut kinds = vec![encrypt_round(64, 8)];
                 kinds.push(Box::new(move || {
                     let sealer = Sealer::new();
@@ -439,6 +528,9 @@ fn main() {
                     });
                     Box::pin(std::future::ready(rate))
                 }));
+                kinds.push(Box::new(move || {
+                    Box::pin(std::future::ready(bare_socket_encrypt(window, 8, threads)))
+                }));
                 if all_rpc {
                     kinds.push(echo_round(64 * 1024, 8));
                 }
@@ -446,10 +538,11 @@ fn main() {
                 (
                     rates[0],
                     rates[1],
-                    rates.get(2).copied().unwrap_or(f64::NAN),
+                    rates[2],
+                    rates.get(3).copied().unwrap_or(f64::NAN),
                 )
             } else {
-                (f64::NAN, f64::NAN, f64::NAN)
+                (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
             };
             // The batched Decrypt of 64 ciphertexts of this server's key (one Encrypt
             // answer), in turn with in-process opening of 64 ciphertexts as Decrypt
@@ -602,6 +695,10 @@ fn main() {
                 rates.insert(
                     "seal_aes256gcm_1KiB_1core_items_per_s_alongside_rpc".into(),
                     json!(sealed_alongside),
+                );
+                rates.insert(
+                    "bare_socket_encrypt_64x1KiB_8_in_flight_items_per_s".into(),
+                    json!(bare_socket),
                 );
                 rates.insert(
                     "rpc_decrypt_64x1KiB_8_in_flight_items_per_s".into(),

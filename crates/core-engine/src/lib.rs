@@ -229,7 +229,7 @@ pub mod bench_support {
 
         /// Seals a batch as Encrypt does: one call to the generator for the nonces, then
         /// each item bound to version 1; the envelopes.
-        pub fn seal_batch(&self, plaintexts: &[Vec<u8>]) -> Vec<String> {
+        pub fn seal_batch<P: AsRef<[u8]>>(&self, plaintexts: &[P]) -> Vec<String> {
             let nonces = crypto::nonces(&self.rng, plaintexts.len()).expect("nonces");
             let (mut aad, mut body) = (Vec::new(), Vec::new());
             plaintexts
@@ -238,7 +238,7 @@ pub mod bench_support {
                 .map(|(plaintext, nonce)| {
                     envelope::aad_into(1, b"", &mut aad);
                     self.key
-                        .seal_body_into(nonce, &aad, plaintext, &mut body)
+                        .seal_body_into(nonce, &aad, plaintext.as_ref(), &mut body)
                         .expect("sealing");
                     envelope::format(1, &body)
                 })
