@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Merges the rounds of `make bench-engine` into one ours.json and one baseline.json.
 
-  python3 merge.py OUT_DIR ROUNDS
+  python3 merge.py OUT_DIR ROUNDS [PAIRS]
 
 Reads OUT_DIR/ours-crypto.json and OUT_DIR/baseline-openssl.json (measured once), and
 OUT_DIR/ours-kernels-<r>.json and OUT_DIR/baseline-numpy-<r>.json for r = 1..ROUNDS
 (our Analyze / sort / GEMM and numpy's, taken in turn so that a slow spell of the machine
 falls on both sides). Every number is the median over the rounds; numpy's `runs_s` are
-all kept.
+all kept. With PAIRS, OUT_DIR/ours-mv-<p>.json and OUT_DIR/membw-<p>.json for p = 1..PAIRS
+(our mean + variance, then numpy's memory read, seconds apart) give each pair's ratio;
+ours.json gets the pairs and the median ratio.
 """
 import json, statistics, sys
 
@@ -34,6 +36,18 @@ ours = load("ours-crypto.json")
 kernels = [load(f"ours-kernels-{r}.json") for r in range(1, rounds + 1)]
 ours.update({k: v for k, v in merge(kernels).items() if k not in ("n", "threads")})
 ours["rounds"] = rounds
+pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+if pairs:
+    paired = []
+    for p in range(1, pairs + 1):
+        mv, membw = load(f"ours-mv-{p}.json"), load(f"membw-{p}.json")
+        # The lower of huge and ordinary pages, as the unpaired row holds to the floor.
+        gb = min(mv["mean_variance_GB_per_s"], mv["mean_variance_small_pages_GB_per_s"])
+        paired.append({"mean_variance_GB_per_s": gb,
+                       "mem_read_GB_per_s": membw["mem_read_GB_per_s"],
+                       "ratio": gb / membw["mem_read_GB_per_s"]})
+    ours["mean_variance_pairs"] = paired
+    ours["mean_variance_paired_ratio"] = median([p["ratio"] for p in paired])
 json.dump(ours, open(f"{out}/ours.json", "w"))
 
 baseline = load("baseline-openssl.json")

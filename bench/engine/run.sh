@@ -41,6 +41,19 @@ for round in $(seq 1 "$rounds"); do
     bash "$shared/bench/engine/baseline.sh" "${baseline_args[@]}" --skip-openssl \
     > "$out/baseline-numpy-$round.md"
 done
-"$venv/bin/python" bench/engine/merge.py "$out" "$rounds"
+# Mean + variance against numpy's memory read in tight pairs (ours, then numpy's, seconds
+# apart): this VM's memory bandwidth swings between about 30 and 58 GB/s from one minute
+# to the next, more than the floor's margin. The floor takes the median of the pairs'
+# ratios; the rounds above give the same row unpaired, for context.
+pairs=${ENGINE_BENCH_PAIRS:-5}
+[[ "${BENCH_QUICK:-}" == 1 ]] && pairs=1
+echo "== $pairs pairs: core-engine's mean + variance, then numpy's memory read (bench/engine/membw.py)" >&2
+for pair in $(seq 1 "$pairs"); do
+  ENGINE_BENCH_ONLY=mv cargo bench -q -p core-engine --bench engine -- "${quick[@]}" \
+    | tail -n 1 > "$out/ours-mv-$pair.json"
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$venv/bin/python" bench/engine/membw.py \
+    > "$out/membw-$pair.json"
+done
+"$venv/bin/python" bench/engine/merge.py "$out" "$rounds" "$pairs"
 
 "$venv/bin/python" bench/engine/compare.py "$out/ours.json" "$out/baseline.json" | tee "$out/results.md"

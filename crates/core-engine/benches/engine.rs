@@ -290,7 +290,7 @@ fn main() {
         .unwrap_or(if quick { 1_000_000 } else { 10_000_000 });
     let window = Duration::from_millis(if quick { 300 } else { 2000 });
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    // ENGINE_BENCH_ONLY=seal,analyze,sort,matmul,rpc runs only those parts (for profiling;
+    // ENGINE_BENCH_ONLY=seal,analyze,mv,sort,matmul,rpc runs only those parts (for profiling;
     // compare.py needs them all).
     let only = std::env::var("ENGINE_BENCH_ONLY").ok();
     let wanted = |part: &str| {
@@ -362,12 +362,15 @@ fn main() {
         );
     }
 
-    let values = if wanted("analyze") || wanted("sort") {
+    // "mv" runs only mean + variance: `make bench-engine` pairs it with numpy's memory
+    // read, seconds apart.
+    let mean_var_wanted = wanted("analyze") || wanted("mv");
+    let values = if mean_var_wanted || wanted("sort") {
         normals(n)
     } else {
         Vec::new()
     };
-    if wanted("analyze") {
+    if mean_var_wanted {
         let bytes = (n * 8) as f64;
         // The same values in ordinary (4 KiB) pages, for the record.
         let mean_var_small_pages = time_n(SHORT_REPEATS, || {
@@ -378,10 +381,6 @@ fn main() {
         let mean_var = time_n(SHORT_REPEATS, || {
             black_box(mean_variance(black_box(huge)));
         });
-        let qs = [0.01, 0.25, 0.5, 0.75, 0.99];
-        let quantiles_5 = time(|| {
-            black_box(quantiles(black_box(&values), &qs));
-        });
         out.insert("mean_variance_s".into(), json!(mean_var));
         out.insert(
             "mean_variance_small_pages_GB_per_s".into(),
@@ -391,6 +390,12 @@ fn main() {
             "mean_variance_GB_per_s".into(),
             json!(bytes / mean_var / 1e9),
         );
+    }
+    if wanted("analyze") {
+        let qs = [0.01, 0.25, 0.5, 0.75, 0.99];
+        let quantiles_5 = time(|| {
+            black_box(quantiles(black_box(&values), &qs));
+        });
         out.insert("quantiles_5_s".into(), json!(quantiles_5));
     }
     if wanted("sort") {
