@@ -107,22 +107,18 @@ bw = max(v["GB_per_s"] for k, v in np_.items() if isinstance(v, dict) and k.star
 pairs = ours.get("mean_variance_pairs")
 if pairs:
     # The floor on the pairs measured seconds apart (since 2026-11-27's eighteenth
-    # session); the rounds' medians, minutes apart, for context.
-    ratio = ours["mean_variance_paired_ratio"]
+    # session); the rounds' medians, minutes apart, follow for context.
     spread = lambda key: "–".join(f"{f(p[key] for p in pairs):.1f}" for f in (min, max))
     row(f"Analyze mean + variance, {ours['n']:,} f64 (lower of huge / 4 KiB pages), in {len(pairs)} "
         f"pairs with the baseline seconds apart: median of the pairs' ratios",
         f"{spread('mean_variance_GB_per_s')} GB/s",
         "memory read bandwidth (numpy, best of sum/ddot over 1 GiB)",
-        f"{spread('mem_read_GB_per_s')} GB/s", ratio, 0.8)
-    row(f"Analyze mean + variance, the rounds' medians (lower of huge / 4 KiB pages: {mv_huge:.1f} / "
-        f"{ours.get('mean_variance_small_pages_GB_per_s', mv_huge):.1f}), minutes from numpy's",
-        f"{mv:.2f} GB/s", "memory read bandwidth (numpy, best of sum/ddot)", f"{bw:.2f} GB/s",
-        mv / bw)
-else:
-    row(f"Analyze mean + variance, {ours['n']:,} f64 (lower of huge / 4 KiB pages: {mv_huge:.1f} / "
-        f"{ours.get('mean_variance_small_pages_GB_per_s', mv_huge):.1f})", f"{mv:.2f} GB/s",
-        "memory read bandwidth (numpy, best of sum/ddot)", f"{bw:.2f} GB/s", mv / bw, 0.8)
+        f"{spread('mem_read_GB_per_s')} GB/s", ours["mean_variance_paired_ratio"], 0.8)
+row(f"Analyze mean + variance, {ours['n']:,} f64 (lower of huge / 4 KiB pages: {mv_huge:.1f} / "
+    f"{ours.get('mean_variance_small_pages_GB_per_s', mv_huge):.1f})"
+    + (", the rounds' medians, minutes from numpy's" if pairs else ""), f"{mv:.2f} GB/s",
+    "memory read bandwidth (numpy, best of sum/ddot)", f"{bw:.2f} GB/s", mv / bw,
+    None if pairs else 0.8)
 
 q = ours["quantiles_5_s"]
 nq = numpy_s("percentile_10M_f64 q=[1,25,50,75,99] (linear)")

@@ -196,16 +196,17 @@ async fn alternating(mut kinds: Vec<Round>) -> Vec<f64> {
 /// sockets: per connection, a thread reads 64 × 1 KiB of plaintext, seals it as Encrypt
 /// does and writes the 64 envelopes back, for a client that keeps its share of
 /// `in_flight` such requests outstanding (one thread writing, one reading). One
-/// connection per core, so that sealing uses every core, as the server's tasks do. No
-/// HTTP/2, protobuf or async runtime: the ceiling of any Encrypt RPC of these batches on
-/// this machine, client on the same cores.
-fn bare_socket_encrypt(window: Duration, in_flight: usize, connections: usize) -> f64 {
+/// connection per core (at most one per request in flight), so that sealing uses every
+/// core, as the server's tasks do. No HTTP/2, protobuf or async runtime: the ceiling of
+/// any Encrypt RPC of these batches on this machine, client on the same cores.
+fn bare_socket_encrypt(window: Duration, in_flight: usize, cores: usize) -> f64 {
+    let connections = cores.clamp(1, in_flight.max(1));
     let start = Instant::now();
     let calls: Vec<_> = (0..connections)
-        .map(|_| {
-            std::thread::spawn(move || {
-                bare_socket_connection(start, window, in_flight / connections)
-            })
+        .map(|connection| {
+            // The requests in flight shared out, the first connections taking the rest.
+            let share = in_flight / connections + usize::from(connection < in_flight % connections);
+            std::thread::spawn(move || bare_socket_connection(start, window, share.max(1)))
         })
         .collect();
     let done: u64 = calls
